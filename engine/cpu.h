@@ -1,0 +1,20 @@
+// Which SIMD instruction sets this CPU offers, and which kernel family is in use.
+#pragma once
+#include <string>
+
+namespace isplit {
+
+enum class Isa { Scalar, Avx2, Avx512, Neon };
+
+// The best ISA both compiled in and supported by this CPU.
+Isa best_isa();
+// The ISA the kernels dispatch to (best_isa() unless overridden).
+Isa active_isa();
+// Forces the kernels onto one ISA (must be supported); used by tests and benchmarks.
+void set_active_isa(Isa isa);
+// True when this build has kernels for the ISA and the CPU runs them.
+bool isa_supported(Isa isa);
+// Lower-case name of an ISA ("scalar", "avx2", "avx512", "neon").
+std::string isa_name(Isa isa);
+
+}  // namespace isplit

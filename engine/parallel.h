@@ -1,0 +1,17 @@
+// Threading: one process-wide thread count, OpenMP underneath.
+#pragma once
+#include <cstdint>
+#include <functional>
+
+namespace isplit {
+
+// Sets the number of threads the engine uses (<= 0: all cores).
+void set_num_threads(int n);
+// The number of threads the engine uses.
+int num_threads();
+
+// Runs fn(begin, end) over [0, n) split into contiguous chunks, one per thread.
+// The split depends only on n and the thread count, so results are reproducible.
+void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
+
+}  // namespace isplit

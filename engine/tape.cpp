@@ -1,0 +1,83 @@
+#include "engine/tape.h"
+
+namespace isplit {
+
+void Parameter::accumulate(const Tensor& g) {
+  if (!grad.defined()) {
+    grad = Tensor::zeros(value.shape());
+  }
+  check_shape(g, value.shape(), "parameter gradient");
+  float* d = grad.data();
+  const float* s = g.data();
+  for (int64_t i = 0; i < grad.numel(); ++i) d[i] += s[i];
+}
+
+void Parameter::zero_grad() {
+  if (grad.defined()) grad.zero();
+}
+
+int Tape::new_var(const Shape& shape, bool requires_grad, int producer) {
+  shapes_.push_back(shape);
+  requires_.push_back(requires_grad ? 1 : 0);
+  producer_.push_back(producer);
+  return static_cast<int>(shapes_.size()) - 1;
+}
+
+Var Tape::input(const Tensor& value, bool requires_grad) {
+  return Var{value, new_var(value.shape(), requires_grad, -1)};
+}
+
+bool Tape::needs_grad(const Var& v) const {
+  return v.id >= 0 && v.id < static_cast<int>(requires_.size()) && requires_[v.id];
+}
+
+Var Tape::record(const Tensor& out, const std::vector<const Var*>& inputs, BackwardFn fn,
+                 bool trainable) {
+  bool req = all_activations_ || (trainable && param_grads_);
+  for (const Var* in : inputs) req = req || needs_grad(*in);
+  if (!req) return Var{out, -1};
+  Node node;
+  for (const Var* in : inputs) node.inputs.push_back(in->id);
+  node.fn = std::move(fn);
+  node.output = new_var(out.shape(), true, static_cast<int>(nodes_.size()));
+  nodes_.push_back(std::move(node));
+  return Var{out, nodes_.back().output};
+}
+
+void Tape::backward(const Var& root, const Tensor& seed) {
+  if (!needs_grad(root)) throw Error("backward: the root was not recorded on this tape");
+  check_shape(seed, shapes_[root.id], "backward seed");
+  grads_.assign(shapes_.size(), Tensor());
+  grads_[root.id] = seed.clone();
+  const int last = producer_[root.id];
+  std::vector<Tensor*> gin;
+  for (int n = last; n >= 0; --n) {
+    Node& node = nodes_[n];
+    const Tensor& gout = grads_[node.output];
+    if (!gout.defined()) continue;  // not on a path from the root
+    gin.assign(node.inputs.size(), nullptr);
+    for (size_t i = 0; i < node.inputs.size(); ++i) {
+      int id = node.inputs[i];
+      if (id < 0 || !requires_[id]) continue;
+      if (!grads_[id].defined()) grads_[id] = Tensor::zeros(shapes_[id]);
+      gin[i] = &grads_[id];
+    }
+    node.fn(gout, gin);
+  }
+}
+
+Tensor Tape::grad(const Var& v) const {
+  if (v.id < 0 || v.id >= static_cast<int>(grads_.size()) || !grads_[v.id].defined())
+    return Tensor::zeros(v.value.shape());
+  return grads_[v.id];
+}
+
+void Tape::clear() {
+  shapes_.clear();
+  requires_.clear();
+  producer_.clear();
+  grads_.clear();
+  nodes_.clear();
+}
+
+}  // namespace isplit

@@ -1,0 +1,92 @@
+// Reverse-mode autograd tape.
+//
+// Ops run eagerly. When a Tape is passed to an op, the op records a node: its output
+// variable, its input variables and a backward function. Tape::backward(root, seed)
+// then walks the nodes in reverse, giving the gradient of the scalar sum(seed * root)
+// with respect to every recorded variable (Tape::grad) and, when the tape was made
+// with param_grads = true, accumulating parameter gradients into Parameter::grad.
+// With param_grads = false no weight-gradient work is done at all.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace isplit {
+
+class Tape;
+
+// A value flowing through the network, optionally recorded on a tape.
+struct Var {
+  Tensor value;
+  int id = -1;  // index on the tape; -1: not recorded (a constant)
+};
+
+// A learnable tensor (or a buffer such as BatchNorm running statistics).
+struct Parameter {
+  Tensor value;
+  Tensor grad;                // allocated on first accumulation; same shape as value
+  bool requires_grad = true;  // false: frozen (no gradient computed)
+  bool is_buffer = false;     // true: state, never a gradient (running_mean, ...)
+  // Adds g into grad, allocating it on first use.
+  void accumulate(const Tensor& g);
+  // Zeroes the gradient if it exists.
+  void zero_grad();
+};
+
+// Backward of one node: given dL/dout, add dL/dinput_i into *gin[i] for every non-null
+// gin[i] (null when that input needs no gradient). Buffers arrive zeroed.
+using BackwardFn = std::function<void(const Tensor& gout, std::vector<Tensor*>& gin)>;
+
+class Tape {
+ public:
+  // A tape; param_grads: backward accumulates parameter gradients; all_activations:
+  // every recorded op output gets a gradient even when nothing before it is trainable
+  // (what the importance pass needs: dScore/dA at every layer, no weight gradients).
+  explicit Tape(bool param_grads = true, bool all_activations = false)
+      : param_grads_(param_grads), all_activations_(all_activations) {}
+  // The tape of an importance pass: activation gradients only, no weight-gradient work.
+  static Tape activations_only() { return Tape(false, true); }
+
+  // True when backward must accumulate parameter gradients.
+  bool param_grads() const { return param_grads_; }
+  // True when a parameter's gradient is wanted on this tape.
+  bool wants(const Parameter& p) const { return param_grads_ && p.requires_grad && !p.is_buffer; }
+
+  // Registers an input; requires_grad says whether its gradient is wanted.
+  Var input(const Tensor& value, bool requires_grad = false);
+  // Records an op's output. Its output needs a gradient when an input does, when the
+  // op has parameters whose gradient is wanted (trainable), or on an all_activations
+  // tape; otherwise the output is returned unrecorded and fn is dropped.
+  Var record(const Tensor& out, const std::vector<const Var*>& inputs, BackwardFn fn,
+             bool trainable = false);
+  // True when v is recorded and will receive a gradient.
+  bool needs_grad(const Var& v) const;
+
+  // Runs the backward pass from root with the given seed (same shape as root.value).
+  void backward(const Var& root, const Tensor& seed);
+  // Gradient of the last backward with respect to v (zeros when unreached).
+  Tensor grad(const Var& v) const;
+  // Number of recorded nodes.
+  size_t size() const { return nodes_.size(); }
+  // Drops every node and gradient (keeps the param_grads setting).
+  void clear();
+
+ private:
+  struct Node {
+    std::vector<int> inputs;
+    int output;
+    BackwardFn fn;
+  };
+  bool param_grads_;
+  bool all_activations_;
+  std::vector<Shape> shapes_;       // per variable
+  std::vector<char> requires_;      // per variable
+  std::vector<int> producer_;       // node index per variable, -1 for inputs
+  std::vector<Tensor> grads_;       // per variable, after backward
+  std::vector<Node> nodes_;
+  int new_var(const Shape& shape, bool requires_grad, int producer);
+};
+
+}  // namespace isplit

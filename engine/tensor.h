@@ -1,0 +1,77 @@
+// Tensor: a float32 array with a shape (NCHW for images), 64-byte aligned, shared storage.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace isplit {
+
+using Shape = std::vector<int64_t>;
+
+// Thrown for every user-facing failure (bad file, bad shape, bad argument).
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Number of elements of a shape (1 for a scalar); throws on negative or overflowing dims.
+int64_t shape_numel(const Shape& shape);
+// "2x3x4" style text for a shape.
+std::string shape_str(const Shape& shape);
+
+class Tensor {
+ public:
+  Tensor() = default;
+  // A zero-filled tensor of the given shape.
+  explicit Tensor(const Shape& shape);
+  // A zero-filled tensor of the given shape.
+  static Tensor zeros(const Shape& shape) { return Tensor(shape); }
+  // A tensor whose contents are left uninitialised (for outputs that are fully written).
+  static Tensor empty(const Shape& shape);
+  // A tensor filled with one value.
+  static Tensor full(const Shape& shape, float value);
+  // A tensor holding a copy of the given values.
+  static Tensor from(const Shape& shape, const std::vector<float>& values);
+
+  bool defined() const { return data_ != nullptr; }
+  const Shape& shape() const { return shape_; }
+  int ndim() const { return static_cast<int>(shape_.size()); }
+  // Size of dimension i; negative i counts from the end.
+  int64_t dim(int i) const;
+  int64_t numel() const { return numel_; }
+  size_t bytes() const { return static_cast<size_t>(numel_) * sizeof(float); }
+  float* data() { return data_; }
+  const float* data() const { return data_; }
+  float& operator[](int64_t i) { return data_[i]; }
+  float operator[](int64_t i) const { return data_[i]; }
+
+  // A view with another shape of the same element count, sharing storage.
+  Tensor reshape(const Shape& shape) const;
+  // A view of rows [begin, end) of the first dimension, sharing storage.
+  Tensor slice0(int64_t begin, int64_t end) const;
+  // A deep copy.
+  Tensor clone() const;
+  // Sets every element to value.
+  void fill(float value);
+  // Sets every element to zero.
+  void zero() { fill(0.0f); }
+  // Copies the elements of src (same numel) into this tensor.
+  void copy_from(const Tensor& src);
+  // True when both tensors share the same storage.
+  bool shares_storage(const Tensor& other) const { return storage_ == other.storage_; }
+
+ private:
+  std::shared_ptr<float> storage_;
+  float* data_ = nullptr;
+  Shape shape_;
+  int64_t numel_ = 0;
+};
+
+// Throws Error naming `what` when the tensor's shape differs from `expected`.
+void check_shape(const Tensor& t, const Shape& expected, const std::string& what);
+
+}  // namespace isplit
