@@ -1,1 +1,245 @@
-int main() { return 0; }
+// The `isplit` command-line program: parses arguments and calls the libraries.
+#include <CLI/CLI.hpp>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <numeric>
+#include <sstream>
+
+#include "data/image.h"
+#include "engine/cpu.h"
+#include "engine/parallel.h"
+#include "models/model.h"
+
+using namespace isplit;
+
+namespace {
+
+// Parses "a,b,c" into three floats; throws Error naming the option.
+void parse_triple(const std::string& text, const char* option, float out[3]) {
+  std::stringstream ss(text);
+  std::string item;
+  int i = 0;
+  while (std::getline(ss, item, ',')) {
+    if (i == 3) throw Error(std::string(option) + ": expected three comma-separated numbers");
+    try {
+      size_t used = 0;
+      out[i] = std::stof(item, &used);
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw Error(std::string(option) + ": '" + item + "' is not a number");
+    }
+    ++i;
+  }
+  if (i != 3) throw Error(std::string(option) + ": expected three comma-separated numbers");
+}
+
+std::string human(double v, const char* unit) {
+  const char* prefixes[] = {"", "K", "M", "G", "T"};
+  int p = 0;
+  while (std::fabs(v) >= 1000.0 && p < 4) {
+    v /= 1000.0;
+    ++p;
+  }
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(v < 10 ? 2 : 1) << v << " " << prefixes[p] << unit;
+  return os.str();
+}
+
+std::string chw(const Shape& s) {
+  Shape tail(s.begin() + 1, s.end());
+  return shape_str(tail);
+}
+
+// Writes text to path atomically (temp file, then rename).
+void write_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp." + std::to_string(getpid());
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    if (!f) throw Error(path + ": cannot open for writing");
+    f << text;
+    f.flush();
+    if (!f) {
+      std::remove(tmp.c_str());
+      throw Error(path + ": write failed");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw Error(path + ": cannot rename temporary file into place");
+  }
+}
+
+struct Common {
+  std::string model = "resnet50";
+  int input_size = 224;
+  int64_t num_classes = 0;
+  int threads = 0;
+};
+
+void add_common(CLI::App* cmd, Common& c) {
+  cmd->add_option("--model", c.model, "vgg16 or resnet50")
+      ->required()
+      ->check(CLI::IsMember({"vgg16", "resnet50"}));
+  cmd->add_option("--input-size", c.input_size, "input height and width (>= 32)")
+      ->check(CLI::Range(32, 4096));
+  cmd->add_option("--threads", c.threads, "worker threads (default: all cores)")
+      ->check(CLI::Range(0, 1024));
+}
+
+int run_info(const Common& c, bool all, bool json) {
+  auto model = build_model(c.model, c.num_classes > 0 ? c.num_classes : 1000);
+  const auto stages = model->stage_info({1, 3, c.input_size, c.input_size});
+  const int64_t total_params = model->parameter_count();
+  double total_flops = 0;
+  for (const auto& s : stages) total_flops += s.flops;
+  double head_flops = 0;
+  int64_t head_params = 0;
+  std::ostringstream out;
+  if (json) out << "{\"model\":\"" << c.model << "\",\"input_size\":" << c.input_size
+                << ",\"num_classes\":" << model->num_classes() << ",\"params\":" << total_params
+                << ",\"flops\":" << total_flops << ",\"cut_points\":[";
+  else
+    out << c.model << " at " << c.input_size << "x" << c.input_size << ", "
+        << model->num_classes() << " classes: " << human(double(total_params), "params") << ", "
+        << human(total_flops, "FLOP") << " per image\n"
+        << std::left << std::setw(4) << "#" << std::setw(13) << "cut point" << std::setw(14)
+        << "output CxHxW" << std::right << std::setw(14) << "output bytes" << std::setw(14)
+        << "head params" << std::setw(14) << "head FLOPs" << "\n";
+  int index = 0;
+  bool first = true;
+  for (const auto& s : stages) {
+    head_flops += s.flops;
+    head_params += s.params;
+    if (!s.cut || (!all && !s.is_default)) continue;
+    const int64_t bytes = shape_numel(s.out_shape) * 4;
+    if (json) {
+      out << (first ? "" : ",") << "{\"index\":" << index << ",\"name\":\"" << s.name
+          << "\",\"out_shape\":\"" << chw(s.out_shape) << "\",\"out_bytes\":" << bytes
+          << ",\"default\":" << (s.is_default ? "true" : "false")
+          << ",\"head_params\":" << head_params << ",\"head_flops\":" << head_flops << "}";
+    } else {
+      out << std::left << std::setw(4) << index << std::setw(13) << s.name << std::setw(14)
+          << chw(s.out_shape) << std::right << std::setw(14) << bytes << std::setw(14)
+          << head_params << std::setw(14) << human(head_flops, "") << "\n";
+    }
+    first = false;
+    ++index;
+  }
+  if (json) out << "]}\n";
+  std::cout << out.str();
+  return 0;
+}
+
+int run_predict(const Common& c, const std::string& weights, const std::string& mean,
+                const std::string& stdev, int topk, const std::string& logits_csv,
+                const std::string& labels_path, const std::vector<std::string>& images) {
+  Normalize norm;
+  if (!mean.empty()) parse_triple(mean, "--mean", norm.mean);
+  if (!stdev.empty()) parse_triple(stdev, "--std", norm.std);
+  for (float s : norm.std)
+    if (!(s > 0)) throw Error("--std: values must be positive");
+  std::vector<std::string> labels;
+  if (!labels_path.empty()) {
+    std::ifstream f(labels_path);
+    if (!f) throw Error(labels_path + ": cannot open");
+    for (std::string line; std::getline(f, line);) labels.push_back(line);
+  }
+  auto model = load_model(c.model, weights, c.num_classes);
+  model->fold_batchnorm();
+  const int64_t classes = model->num_classes();
+  if (!labels.empty() && static_cast<int64_t>(labels.size()) != classes)
+    throw Error(labels_path + ": " + std::to_string(labels.size()) + " labels for " +
+                std::to_string(classes) + " classes");
+  std::ostringstream csv;
+  csv << "file";
+  for (int64_t j = 0; j < classes; ++j) csv << ",logit_" << j;
+  csv << "\n";
+  const int k = static_cast<int>(std::min<int64_t>(topk, classes));
+  for (const std::string& path : images) {
+    Tensor x = stack_images({load_image_tensor(path, c.input_size, norm)});
+    Tensor logits = model->predict(x);
+    std::vector<int64_t> order(classes);
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                      [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
+    double mx = logits[order[0]], sum = 0;
+    for (int64_t j = 0; j < classes; ++j) sum += std::exp(double(logits[j]) - mx);
+    std::cout << path << "\n";
+    for (int r = 0; r < k; ++r) {
+      const int64_t j = order[r];
+      std::cout << "  " << r + 1 << "  class " << std::setw(5) << j << "  logit " << std::fixed
+                << std::setprecision(6) << std::setw(12) << logits[j] << "  prob "
+                << std::setprecision(6) << std::exp(double(logits[j]) - mx) / sum;
+      if (!labels.empty()) std::cout << "  " << labels[j];
+      std::cout << "\n";
+    }
+    csv << path;
+    csv << std::setprecision(9);
+    for (int64_t j = 0; j < classes; ++j) csv << "," << logits[j];
+    csv << "\n";
+  }
+  if (!logits_csv.empty()) write_atomic(logits_csv, csv.str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"isplit: run, differentiate and split VGG16 / ResNet-50 on CPUs"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "isplit 0.1.0");
+
+  Common info_opts;
+  bool info_all = false, info_json = false;
+  auto* info = app.add_subcommand("info", "shape, bytes, parameters and FLOPs per cut point");
+  add_common(info, info_opts);
+  info->add_option("--num-classes", info_opts.num_classes, "classifier width (default 1000)")
+      ->check(CLI::PositiveNumber);
+  info->add_flag("--all", info_all, "every module output, not only the default cut points");
+  info->add_flag("--json", info_json, "print one JSON object");
+
+  Common pred_opts;
+  std::string weights, mean, stdev, logits_csv, labels;
+  int topk = 5;
+  std::vector<std::string> images;
+  auto* predict = app.add_subcommand("predict", "classify images with a model and its weights");
+  add_common(predict, pred_opts);
+  predict->add_option("--weights", weights, "weights (.safetensors, torchvision names)")
+      ->required();
+  predict->add_option("--num-classes", pred_opts.num_classes,
+                      "classifier width (default: from the weights file)")
+      ->check(CLI::PositiveNumber);
+  predict->add_option("--mean", mean, "normalisation mean a,b,c (default ImageNet)");
+  predict->add_option("--std", stdev, "normalisation std a,b,c (default ImageNet)");
+  predict->add_option("--topk", topk, "classes to print per image")->check(CLI::Range(1, 100000));
+  predict->add_option("--logits", logits_csv, "write file,logit_0,...,logit_{N-1} to this CSV");
+  predict->add_option("--labels", labels, "class names, one per line");
+  predict->add_option("images", images, "image files (PNG, JPEG, BMP, ...)")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  try {
+    if (*info) {
+      set_num_threads(info_opts.threads);
+      return run_info(info_opts, info_all, info_json);
+    }
+    if (*predict) {
+      set_num_threads(pred_opts.threads);
+      return run_predict(pred_opts, weights, mean, stdev, topk, logits_csv, labels, images);
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "isplit: " << e.what() << "\n";
+    return 1;
+  }
+  return 2;
+}

@@ -1,5 +1,7 @@
 #include "engine/cpu.h"
 
+#include <cstdlib>
+
 #include "engine/tensor.h"
 
 namespace isplit {
@@ -35,7 +37,19 @@ Isa best_isa() {
   return Isa::Scalar;
 }
 
-Isa active_isa() { return g_forced ? g_active : best_isa(); }
+Isa active_isa() {
+  if (g_forced) return g_active;
+  // ISPLIT_ISA=scalar|avx2|avx512|neon caps the dispatch (tests, benchmarks, debugging).
+  static const Isa chosen = [] {
+    const char* env = std::getenv("ISPLIT_ISA");
+    if (env && *env) {
+      for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon})
+        if (isa_name(isa) == env && isa_supported(isa)) return isa;
+    }
+    return best_isa();
+  }();
+  return chosen;
+}
 
 void set_active_isa(Isa isa) {
   if (!isa_supported(isa)) throw Error("ISA " + isa_name(isa) + " is not supported here");

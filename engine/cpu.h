@@ -8,7 +8,8 @@ enum class Isa { Scalar, Avx2, Avx512, Neon };
 
 // The best ISA both compiled in and supported by this CPU.
 Isa best_isa();
-// The ISA the kernels dispatch to (best_isa() unless overridden).
+// The ISA the kernels dispatch to: best_isa(), or the ISPLIT_ISA environment variable
+// (scalar, avx2, avx512, neon) when it names a supported one, or set_active_isa().
 Isa active_isa();
 // Forces the kernels onto one ISA (must be supported); used by tests and benchmarks.
 void set_active_isa(Isa isa);

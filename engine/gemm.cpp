@@ -52,12 +52,14 @@ void gemm(const GemmArgs& g) {
     gemm_single(isa, g);
     return;
   }
-  // Split the longer side of C into panels, aligned to 64 so micro-tiles stay whole.
+  // Split the longer side of C into one panel per thread, in units of 16 so the panels are
+  // balanced to within a vector. Each thread packs its own operands once; the kernels sum
+  // every element identically however C is cut, so the split never changes a result.
   const bool split_cols = g.n >= g.m;
   const int64_t len = split_cols ? g.n : g.m;
-  const int64_t unit = 64;
+  const int64_t unit = 16;
   const int64_t units = (len + unit - 1) / unit;
-  const int64_t parts = std::min<int64_t>(units, threads * 4);
+  const int64_t parts = std::min<int64_t>(units, threads);
   parallel_for(parts, [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
       const int64_t u0 = units * p / parts, u1 = units * (p + 1) / parts;

@@ -1,1 +1,683 @@
-// placeholder
+#include "layers/functional.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "engine/gemm.h"
+#include "engine/parallel.h"
+
+namespace isplit {
+
+namespace {
+
+void require4(const Tensor& x, const char* op) {
+  if (x.ndim() != 4)
+    throw Error(std::string(op) + ": expected a 4-d NCHW tensor, got " + shape_str(x.shape()));
+}
+
+// Copies the receptive fields of one image and one group into col [K, OH*OW],
+// K = (Cin/g) * kh * kw; out-of-image taps are zero.
+void im2col(const float* x, int64_t channels, int64_t h, int64_t w, int64_t oh, int64_t ow,
+            const Conv2dSpec& s, float* col) {
+  const int64_t taps = s.kh * s.kw;
+  parallel_for(channels * taps, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t c = r / taps, t = r % taps;
+      const int64_t i = t / s.kw, j = t % s.kw;
+      const float* xc = x + c * h * w;
+      float* dst = col + r * oh * ow;
+      for (int64_t y = 0; y < oh; ++y) {
+        const int64_t iy = y * s.stride_h - s.pad_h + i * s.dil_h;
+        float* drow = dst + y * ow;
+        if (iy < 0 || iy >= h) {
+          std::fill(drow, drow + ow, 0.0f);
+          continue;
+        }
+        const float* xrow = xc + iy * w;
+        const int64_t off = j * s.dil_w - s.pad_w;
+        if (s.stride_w == 1) {
+          // Contiguous run: zero the edges, copy the middle.
+          const int64_t lo = std::clamp<int64_t>(-off, 0, ow);
+          const int64_t hi = std::clamp<int64_t>(w - off, lo, ow);
+          std::fill(drow, drow + lo, 0.0f);
+          std::copy(xrow + lo + off, xrow + hi + off, drow + lo);
+          std::fill(drow + hi, drow + ow, 0.0f);
+        } else {
+          for (int64_t x0 = 0; x0 < ow; ++x0) {
+            const int64_t ix = x0 * s.stride_w + off;
+            drow[x0] = (ix >= 0 && ix < w) ? xrow[ix] : 0.0f;
+          }
+        }
+      }
+    }
+  });
+}
+
+// Adds col [K, OH*OW] back into the image gradient (the adjoint of im2col).
+void col2im_add(const float* col, int64_t channels, int64_t h, int64_t w, int64_t oh,
+                int64_t ow, const Conv2dSpec& s, float* gx) {
+  const int64_t taps = s.kh * s.kw;
+  // One thread per channel: taps of one channel overlap, channels never do.
+  parallel_for(channels, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      float* gc = gx + c * h * w;
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t i = t / s.kw, j = t % s.kw;
+        const float* src = col + (c * taps + t) * oh * ow;
+        for (int64_t y = 0; y < oh; ++y) {
+          const int64_t iy = y * s.stride_h - s.pad_h + i * s.dil_h;
+          if (iy < 0 || iy >= h) continue;
+          float* grow = gc + iy * w;
+          const float* srow = src + y * ow;
+          const int64_t off = j * s.dil_w - s.pad_w;
+          for (int64_t x0 = 0; x0 < ow; ++x0) {
+            const int64_t ix = x0 * s.stride_w + off;
+            if (ix >= 0 && ix < w) grow[ix] += srow[x0];
+          }
+        }
+      }
+    }
+  });
+}
+
+bool is_pointwise(const Conv2dSpec& s) {
+  return s.kh == 1 && s.kw == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
+         s.pad_w == 0;
+}
+
+void check_conv(const Tensor& x, const Tensor& w, const Tensor* b, const Conv2dSpec& s) {
+  require4(x, "conv2d");
+  if (s.groups <= 0 || s.in_channels % s.groups || s.out_channels % s.groups)
+    throw Error("conv2d: channels " + std::to_string(s.in_channels) + "->" +
+                std::to_string(s.out_channels) + " not divisible by groups " +
+                std::to_string(s.groups));
+  if (x.dim(1) != s.in_channels)
+    throw Error("conv2d: input has " + std::to_string(x.dim(1)) + " channels, expected " +
+                std::to_string(s.in_channels));
+  check_shape(w, {s.out_channels, s.in_channels / s.groups, s.kh, s.kw}, "conv2d weight");
+  if (b) check_shape(*b, {s.out_channels}, "conv2d bias");
+}
+
+}  // namespace
+
+Shape conv2d_out_shape(const Shape& x, const Conv2dSpec& s) {
+  if (x.size() != 4) throw Error("conv2d: expected a 4-d NCHW input, got " + shape_str(x));
+  if (s.kh <= 0 || s.kw <= 0 || s.stride_h <= 0 || s.stride_w <= 0 || s.dil_h <= 0 ||
+      s.dil_w <= 0 || s.pad_h < 0 || s.pad_w < 0)
+    throw Error("conv2d: invalid kernel/stride/padding/dilation");
+  const int64_t eh = s.dil_h * (s.kh - 1) + 1, ew = s.dil_w * (s.kw - 1) + 1;
+  const int64_t oh = (x[2] + 2 * s.pad_h - eh) / s.stride_h + 1;
+  const int64_t ow = (x[3] + 2 * s.pad_w - ew) / s.stride_w + 1;
+  if (x[2] + 2 * s.pad_h < eh || x[3] + 2 * s.pad_w < ew || oh <= 0 || ow <= 0)
+    throw Error("conv2d: input " + shape_str(x) + " is smaller than the kernel");
+  return {x[0], s.out_channels, oh, ow};
+}
+
+Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* b, const Conv2dSpec& s) {
+  check_conv(x, w, b, s);
+  const Shape os = conv2d_out_shape(x.shape(), s);
+  Tensor y = Tensor::empty(os);
+  const int64_t n = x.dim(0), h = x.dim(2), wd = x.dim(3), oh = os[2], ow = os[3];
+  const int64_t g = s.groups, cin_g = s.in_channels / g, cout_g = s.out_channels / g;
+  const int64_t k = cin_g * s.kh * s.kw, hw = oh * ow;
+  const bool direct = is_pointwise(s);
+  std::vector<float> col(direct ? 0 : static_cast<size_t>(k * hw));
+  for (int64_t img = 0; img < n; ++img) {
+    for (int64_t gi = 0; gi < g; ++gi) {
+      const float* xg = x.data() + (img * s.in_channels + gi * cin_g) * h * wd;
+      const float* bmat = xg;
+      if (!direct) {
+        im2col(xg, cin_g, h, wd, oh, ow, s, col.data());
+        bmat = col.data();
+      }
+      float* yg = y.data() + (img * s.out_channels + gi * cout_g) * hw;
+      gemm(false, false, cout_g, hw, k, w.data() + gi * cout_g * k, k, bmat, hw, 0.0f, yg, hw);
+    }
+    if (b) {
+      float* yi = y.data() + img * s.out_channels * hw;
+      parallel_for(s.out_channels, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const float bv = (*b)[c];
+          float* row = yi + c * hw;
+          for (int64_t i = 0; i < hw; ++i) row[i] += bv;
+        }
+      });
+    }
+  }
+  return y;
+}
+
+Tensor conv2d_forward_naive(const Tensor& x, const Tensor& w, const Tensor* b,
+                            const Conv2dSpec& s) {
+  check_conv(x, w, b, s);
+  const Shape os = conv2d_out_shape(x.shape(), s);
+  Tensor y = Tensor::zeros(os);
+  const int64_t cin_g = s.in_channels / s.groups, cout_g = s.out_channels / s.groups;
+  const int64_t h = x.dim(2), wd = x.dim(3);
+  for (int64_t n = 0; n < os[0]; ++n)
+    for (int64_t co = 0; co < os[1]; ++co) {
+      const int64_t gi = co / cout_g;
+      for (int64_t oy = 0; oy < os[2]; ++oy)
+        for (int64_t ox = 0; ox < os[3]; ++ox) {
+          double acc = b ? (*b)[co] : 0.0;
+          for (int64_t ci = 0; ci < cin_g; ++ci)
+            for (int64_t i = 0; i < s.kh; ++i)
+              for (int64_t j = 0; j < s.kw; ++j) {
+                const int64_t iy = oy * s.stride_h - s.pad_h + i * s.dil_h;
+                const int64_t ix = ox * s.stride_w - s.pad_w + j * s.dil_w;
+                if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
+                acc += double(x[((n * s.in_channels + gi * cin_g + ci) * h + iy) * wd + ix]) *
+                       w[((co * cin_g + ci) * s.kh + i) * s.kw + j];
+              }
+          y[((n * os[1] + co) * os[2] + oy) * os[3] + ox] = static_cast<float>(acc);
+        }
+    }
+  return y;
+}
+
+void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s, Tensor& gx) {
+  require4(gx, "conv2d backward");
+  const int64_t n = gx.dim(0), h = gx.dim(2), wd = gx.dim(3);
+  const Shape os = conv2d_out_shape(gx.shape(), s);
+  check_shape(gy, os, "conv2d output gradient");
+  const int64_t oh = os[2], ow = os[3], hw = oh * ow;
+  const int64_t g = s.groups, cin_g = s.in_channels / g, cout_g = s.out_channels / g;
+  const int64_t k = cin_g * s.kh * s.kw;
+  const bool direct = is_pointwise(s);
+  std::vector<float> col(direct ? 0 : static_cast<size_t>(k * hw));
+  for (int64_t img = 0; img < n; ++img)
+    for (int64_t gi = 0; gi < g; ++gi) {
+      const float* gyg = gy.data() + (img * s.out_channels + gi * cout_g) * hw;
+      float* gxg = gx.data() + (img * s.in_channels + gi * cin_g) * h * wd;
+      const float* wg = w.data() + gi * cout_g * k;
+      if (direct) {
+        gemm(true, false, k, hw, cout_g, wg, k, gyg, hw, 1.0f, gxg, hw);
+      } else {
+        gemm(true, false, k, hw, cout_g, wg, k, gyg, hw, 0.0f, col.data(), hw);
+        col2im_add(col.data(), cin_g, h, wd, oh, ow, s, gxg);
+      }
+    }
+}
+
+void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dSpec& s, Tensor* gw,
+                            Tensor* gb) {
+  require4(x, "conv2d backward");
+  const Shape os = conv2d_out_shape(x.shape(), s);
+  check_shape(gy, os, "conv2d output gradient");
+  const int64_t n = x.dim(0), h = x.dim(2), wd = x.dim(3), oh = os[2], ow = os[3];
+  const int64_t hw = oh * ow;
+  const int64_t g = s.groups, cin_g = s.in_channels / g, cout_g = s.out_channels / g;
+  const int64_t k = cin_g * s.kh * s.kw;
+  if (gw) {
+    check_shape(*gw, {s.out_channels, cin_g, s.kh, s.kw}, "conv2d weight gradient");
+    const bool direct = is_pointwise(s);
+    std::vector<float> col(direct ? 0 : static_cast<size_t>(k * hw));
+    for (int64_t img = 0; img < n; ++img)
+      for (int64_t gi = 0; gi < g; ++gi) {
+        const float* xg = x.data() + (img * s.in_channels + gi * cin_g) * h * wd;
+        const float* bmat = xg;
+        if (!direct) {
+          im2col(xg, cin_g, h, wd, oh, ow, s, col.data());
+          bmat = col.data();
+        }
+        const float* gyg = gy.data() + (img * s.out_channels + gi * cout_g) * hw;
+        gemm(false, true, cout_g, k, hw, gyg, hw, bmat, hw, 1.0f, gw->data() + gi * cout_g * k,
+             k);
+      }
+  }
+  if (gb) {
+    check_shape(*gb, {s.out_channels}, "conv2d bias gradient");
+    channel_sum_add(gy, *gb);
+  }
+}
+
+void channel_sum_add(const Tensor& gy, Tensor& gb) {
+  require4(gy, "channel_sum_add");
+  const int64_t n = gy.dim(0), c = gy.dim(1), hw = gy.dim(2) * gy.dim(3);
+  check_shape(gb, {c}, "bias gradient");
+  parallel_for(c, [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      double acc = 0.0;
+      for (int64_t img = 0; img < n; ++img) {
+        const float* row = gy.data() + (img * c + ch) * hw;
+        for (int64_t i = 0; i < hw; ++i) acc += row[i];
+      }
+      gb[ch] += static_cast<float>(acc);
+    }
+  });
+}
+
+// ------------------------------------------------------------------ linear
+Tensor linear_forward(const Tensor& x, const Tensor& w, const Tensor* b) {
+  if (x.ndim() != 2 || w.ndim() != 2 || x.dim(1) != w.dim(1))
+    throw Error("linear: input " + shape_str(x.shape()) + " does not fit weight " +
+                shape_str(w.shape()));
+  const int64_t n = x.dim(0), in = x.dim(1), out = w.dim(0);
+  if (b) check_shape(*b, {out}, "linear bias");
+  Tensor y = Tensor::empty({n, out});
+  gemm(false, true, n, out, in, x.data(), in, w.data(), in, 0.0f, y.data(), out);
+  if (b)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < out; ++j) y[i * out + j] += (*b)[j];
+  return y;
+}
+
+void linear_backward(const Tensor& gy, const Tensor& x, const Tensor& w, Tensor* gx, Tensor* gw,
+                     Tensor* gb) {
+  const int64_t n = x.dim(0), in = x.dim(1), out = w.dim(0);
+  check_shape(gy, {n, out}, "linear output gradient");
+  if (gx) gemm(false, false, n, in, out, gy.data(), out, w.data(), in, 1.0f, gx->data(), in);
+  if (gw) gemm(true, false, out, in, n, gy.data(), out, x.data(), in, 1.0f, gw->data(), in);
+  if (gb)
+    for (int64_t j = 0; j < out; ++j) {
+      double acc = 0.0;
+      for (int64_t i = 0; i < n; ++i) acc += gy[i * out + j];
+      (*gb)[j] += static_cast<float>(acc);
+    }
+}
+
+// ------------------------------------------------------------------ batch norm
+namespace {
+void bn_check(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  require4(x, "batch_norm");
+  check_shape(weight, {x.dim(1)}, "batch_norm weight");
+  check_shape(bias, {x.dim(1)}, "batch_norm bias");
+}
+
+Tensor bn_apply(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                const BatchNormSaved& st) {
+  Tensor y = Tensor::empty(x.shape());
+  const int64_t n = x.dim(0), c = x.dim(1), hw = x.dim(2) * x.dim(3);
+  parallel_for(n * c, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t ch = r % c;
+      // (x - mean) first: with few values per channel the mean can dwarf the spread, and
+      // x * scale + (bias - mean * scale) would cancel away the significant digits.
+      const float scale = weight[ch] * st.inv_std[ch];
+      const float mean = st.mean[ch], shift = bias[ch];
+      const float* src = x.data() + r * hw;
+      float* dst = y.data() + r * hw;
+      for (int64_t i = 0; i < hw; ++i) dst[i] = (src[i] - mean) * scale + shift;
+    }
+  });
+  return y;
+}
+}  // namespace
+
+Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                              const Tensor& running_mean, const Tensor& running_var, double eps,
+                              BatchNormSaved* saved) {
+  bn_check(x, weight, bias);
+  const int64_t c = x.dim(1);
+  check_shape(running_mean, {c}, "batch_norm running_mean");
+  check_shape(running_var, {c}, "batch_norm running_var");
+  BatchNormSaved st;
+  st.mean.resize(c);
+  st.inv_std.resize(c);
+  for (int64_t i = 0; i < c; ++i) {
+    st.mean[i] = running_mean[i];
+    st.inv_std[i] = static_cast<float>(1.0 / std::sqrt(double(running_var[i]) + eps));
+  }
+  Tensor y = bn_apply(x, weight, bias, st);
+  if (saved) *saved = std::move(st);
+  return y;
+}
+
+Tensor batchnorm_forward_train(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                               Tensor& running_mean, Tensor& running_var, double eps,
+                               double momentum, BatchNormSaved* saved) {
+  bn_check(x, weight, bias);
+  const int64_t n = x.dim(0), c = x.dim(1), hw = x.dim(2) * x.dim(3);
+  const int64_t count = n * hw;
+  if (count <= 1)
+    throw Error("batch_norm: training needs more than one value per channel, got input " +
+                shape_str(x.shape()));
+  BatchNormSaved st;
+  st.mean.resize(c);
+  st.inv_std.resize(c);
+  std::vector<double> var(c);
+  parallel_for(c, [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      double sum = 0.0;
+      for (int64_t img = 0; img < n; ++img) {
+        const float* p = x.data() + (img * c + ch) * hw;
+        for (int64_t i = 0; i < hw; ++i) sum += p[i];
+      }
+      const double mean = sum / count;
+      double sq = 0.0;
+      for (int64_t img = 0; img < n; ++img) {
+        const float* p = x.data() + (img * c + ch) * hw;
+        for (int64_t i = 0; i < hw; ++i) sq += (p[i] - mean) * (p[i] - mean);
+      }
+      var[ch] = sq / count;
+      st.mean[ch] = static_cast<float>(mean);
+      st.inv_std[ch] = static_cast<float>(1.0 / std::sqrt(var[ch] + eps));
+    }
+  });
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const double unbiased = var[ch] * count / (count - 1);
+    running_mean[ch] =
+        static_cast<float>((1.0 - momentum) * running_mean[ch] + momentum * st.mean[ch]);
+    running_var[ch] = static_cast<float>((1.0 - momentum) * running_var[ch] + momentum * unbiased);
+  }
+  Tensor y = bn_apply(x, weight, bias, st);
+  if (saved) *saved = std::move(st);
+  return y;
+}
+
+void batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight,
+                        const BatchNormSaved& st, bool train, Tensor* gx, Tensor* gw,
+                        Tensor* gb) {
+  const int64_t n = x.dim(0), c = x.dim(1), hw = x.dim(2) * x.dim(3);
+  check_shape(gy, x.shape(), "batch_norm output gradient");
+  const double count = double(n * hw);
+  parallel_for(c, [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      const double mean = st.mean[ch], istd = st.inv_std[ch];
+      double sum_gy = 0.0, sum_gy_xhat = 0.0;
+      for (int64_t img = 0; img < n; ++img) {
+        const float* g = gy.data() + (img * c + ch) * hw;
+        const float* p = x.data() + (img * c + ch) * hw;
+        for (int64_t i = 0; i < hw; ++i) {
+          sum_gy += g[i];
+          sum_gy_xhat += g[i] * (p[i] - mean) * istd;
+        }
+      }
+      if (gw) (*gw)[ch] += static_cast<float>(sum_gy_xhat);
+      if (gb) (*gb)[ch] += static_cast<float>(sum_gy);
+      if (!gx) continue;
+      const double scale = weight[ch] * istd;
+      for (int64_t img = 0; img < n; ++img) {
+        const float* g = gy.data() + (img * c + ch) * hw;
+        const float* p = x.data() + (img * c + ch) * hw;
+        float* d = gx->data() + (img * c + ch) * hw;
+        if (train) {
+          const double mg = sum_gy / count, mgx = sum_gy_xhat / count;
+          for (int64_t i = 0; i < hw; ++i) {
+            const double xhat = (p[i] - mean) * istd;
+            d[i] += static_cast<float>(scale * (g[i] - mg - xhat * mgx));
+          }
+        } else {
+          for (int64_t i = 0; i < hw; ++i) d[i] += static_cast<float>(scale * g[i]);
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------ activations
+Tensor relu_forward(const Tensor& x) {
+  Tensor y = Tensor::empty(x.shape());
+  const float* s = x.data();
+  float* d = y.data();
+  parallel_for(x.numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) d[i] = s[i] > 0.0f ? s[i] : 0.0f;
+  });
+  return y;
+}
+
+void relu_backward(const Tensor& gy, const Tensor& y, Tensor& gx) {
+  const float* g = gy.data();
+  const float* v = y.data();
+  float* d = gx.data();
+  parallel_for(y.numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      if (v[i] > 0.0f) d[i] += g[i];
+  });
+}
+
+// ------------------------------------------------------------------ pooling
+namespace {
+int64_t pool_out(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode) {
+  const int64_t span = in + 2 * p - k;
+  int64_t out = (ceil_mode ? (span + s - 1) / s : span / s) + 1;
+  // PyTorch: the last window must start inside the input or the left padding.
+  if (ceil_mode && (out - 1) * s >= in + p) --out;
+  return out;
+}
+}  // namespace
+
+Shape pool2d_out_shape(const Shape& x, const Pool2dSpec& s) {
+  if (x.size() != 4) throw Error("pool2d: expected a 4-d NCHW input, got " + shape_str(x));
+  if (s.kh <= 0 || s.kw <= 0 || s.stride_h <= 0 || s.stride_w <= 0 || s.pad_h < 0 ||
+      s.pad_w < 0 || 2 * s.pad_h > s.kh || 2 * s.pad_w > s.kw)
+    throw Error("pool2d: invalid kernel/stride/padding (padding must be at most half the kernel)");
+  if (x[2] + 2 * s.pad_h < s.kh || x[3] + 2 * s.pad_w < s.kw)
+    throw Error("pool2d: input " + shape_str(x) + " is smaller than the kernel");
+  return {x[0], x[1], pool_out(x[2], s.kh, s.stride_h, s.pad_h, s.ceil_mode),
+          pool_out(x[3], s.kw, s.stride_w, s.pad_w, s.ceil_mode)};
+}
+
+Tensor maxpool2d_forward(const Tensor& x, const Pool2dSpec& s, std::vector<int32_t>* argmax) {
+  const Shape os = pool2d_out_shape(x.shape(), s);
+  Tensor y = Tensor::empty(os);
+  const int64_t h = x.dim(2), w = x.dim(3), oh = os[2], ow = os[3];
+  if (argmax) argmax->resize(static_cast<size_t>(y.numel()));
+  parallel_for(os[0] * os[1], [&](int64_t b, int64_t e) {
+    for (int64_t plane = b; plane < e; ++plane) {
+      const float* xp = x.data() + plane * h * w;
+      for (int64_t oy = 0; oy < oh; ++oy)
+        for (int64_t ox = 0; ox < ow; ++ox) {
+          const int64_t y0 = oy * s.stride_h - s.pad_h, x0 = ox * s.stride_w - s.pad_w;
+          const int64_t y1 = std::min(y0 + s.kh, h), x1 = std::min(x0 + s.kw, w);
+          float best = -std::numeric_limits<float>::infinity();
+          int64_t best_i = std::max<int64_t>(y0, 0) * w + std::max<int64_t>(x0, 0);
+          for (int64_t iy = std::max<int64_t>(y0, 0); iy < y1; ++iy)
+            for (int64_t ix = std::max<int64_t>(x0, 0); ix < x1; ++ix) {
+              const float v = xp[iy * w + ix];
+              if (v > best || std::isnan(v)) {
+                best = v;
+                best_i = iy * w + ix;
+                if (std::isnan(v)) goto done;
+              }
+            }
+        done:
+          const int64_t o = plane * oh * ow + oy * ow + ox;
+          y[o] = best;
+          if (argmax) (*argmax)[o] = static_cast<int32_t>(best_i);
+        }
+    }
+  });
+  return y;
+}
+
+void maxpool2d_backward(const Tensor& gy, const std::vector<int32_t>& argmax, Tensor& gx) {
+  const int64_t planes = gx.dim(0) * gx.dim(1), hw = gx.dim(2) * gx.dim(3);
+  const int64_t ohw = gy.dim(2) * gy.dim(3);
+  parallel_for(planes, [&](int64_t b, int64_t e) {
+    for (int64_t plane = b; plane < e; ++plane)
+      for (int64_t o = 0; o < ohw; ++o)
+        gx[plane * hw + argmax[plane * ohw + o]] += gy[plane * ohw + o];
+  });
+}
+
+namespace {
+// Calls fn(y0, y1, x0, x1, divisor) for each avg-pool window of output (oy, ox).
+template <typename Fn>
+void avg_window(const Pool2dSpec& s, int64_t h, int64_t w, int64_t oy, int64_t ox, Fn fn) {
+  int64_t y0 = oy * s.stride_h - s.pad_h, x0 = ox * s.stride_w - s.pad_w;
+  int64_t y1 = std::min(y0 + s.kh, h + s.pad_h), x1 = std::min(x0 + s.kw, w + s.pad_w);
+  const int64_t padded = (y1 - y0) * (x1 - x0);
+  y0 = std::max<int64_t>(y0, 0);
+  x0 = std::max<int64_t>(x0, 0);
+  y1 = std::min(y1, h);
+  x1 = std::min(x1, w);
+  const int64_t div = s.count_include_pad ? padded : (y1 - y0) * (x1 - x0);
+  fn(y0, y1, x0, x1, div);
+}
+}  // namespace
+
+Tensor avgpool2d_forward(const Tensor& x, const Pool2dSpec& s) {
+  const Shape os = pool2d_out_shape(x.shape(), s);
+  Tensor y = Tensor::empty(os);
+  const int64_t h = x.dim(2), w = x.dim(3), oh = os[2], ow = os[3];
+  parallel_for(os[0] * os[1], [&](int64_t b, int64_t e) {
+    for (int64_t plane = b; plane < e; ++plane) {
+      const float* xp = x.data() + plane * h * w;
+      for (int64_t oy = 0; oy < oh; ++oy)
+        for (int64_t ox = 0; ox < ow; ++ox)
+          avg_window(s, h, w, oy, ox, [&](int64_t y0, int64_t y1, int64_t x0, int64_t x1,
+                                          int64_t div) {
+            double acc = 0.0;
+            for (int64_t iy = y0; iy < y1; ++iy)
+              for (int64_t ix = x0; ix < x1; ++ix) acc += xp[iy * w + ix];
+            y[plane * oh * ow + oy * ow + ox] = div > 0 ? static_cast<float>(acc / div) : 0.0f;
+          });
+    }
+  });
+  return y;
+}
+
+void avgpool2d_backward(const Tensor& gy, const Pool2dSpec& s, Tensor& gx) {
+  const int64_t h = gx.dim(2), w = gx.dim(3), oh = gy.dim(2), ow = gy.dim(3);
+  parallel_for(gx.dim(0) * gx.dim(1), [&](int64_t b, int64_t e) {
+    for (int64_t plane = b; plane < e; ++plane) {
+      float* gp = gx.data() + plane * h * w;
+      for (int64_t oy = 0; oy < oh; ++oy)
+        for (int64_t ox = 0; ox < ow; ++ox)
+          avg_window(s, h, w, oy, ox, [&](int64_t y0, int64_t y1, int64_t x0, int64_t x1,
+                                          int64_t div) {
+            if (div <= 0) return;
+            const float g = gy[plane * oh * ow + oy * ow + ox] / static_cast<float>(div);
+            for (int64_t iy = y0; iy < y1; ++iy)
+              for (int64_t ix = x0; ix < x1; ++ix) gp[iy * w + ix] += g;
+          });
+    }
+  });
+}
+
+Tensor adaptive_avgpool2d_forward(const Tensor& x, int64_t oh, int64_t ow) {
+  require4(x, "adaptive_avg_pool2d");
+  if (oh <= 0 || ow <= 0 || x.dim(2) <= 0 || x.dim(3) <= 0)
+    throw Error("adaptive_avg_pool2d: empty input or output size");
+  const int64_t h = x.dim(2), w = x.dim(3);
+  Tensor y = Tensor::empty({x.dim(0), x.dim(1), oh, ow});
+  parallel_for(x.dim(0) * x.dim(1), [&](int64_t b, int64_t e) {
+    for (int64_t plane = b; plane < e; ++plane) {
+      const float* xp = x.data() + plane * h * w;
+      for (int64_t oy = 0; oy < oh; ++oy) {
+        const int64_t y0 = oy * h / oh, y1 = ((oy + 1) * h + oh - 1) / oh;
+        for (int64_t ox = 0; ox < ow; ++ox) {
+          const int64_t x0 = ox * w / ow, x1 = ((ox + 1) * w + ow - 1) / ow;
+          double acc = 0.0;
+          for (int64_t iy = y0; iy < y1; ++iy)
+            for (int64_t ix = x0; ix < x1; ++ix) acc += xp[iy * w + ix];
+          y[plane * oh * ow + oy * ow + ox] = static_cast<float>(acc / ((y1 - y0) * (x1 - x0)));
+        }
+      }
+    }
+  });
+  return y;
+}
+
+void adaptive_avgpool2d_backward(const Tensor& gy, Tensor& gx) {
+  const int64_t h = gx.dim(2), w = gx.dim(3), oh = gy.dim(2), ow = gy.dim(3);
+  parallel_for(gx.dim(0) * gx.dim(1), [&](int64_t b, int64_t e) {
+    for (int64_t plane = b; plane < e; ++plane) {
+      float* gp = gx.data() + plane * h * w;
+      for (int64_t oy = 0; oy < oh; ++oy) {
+        const int64_t y0 = oy * h / oh, y1 = ((oy + 1) * h + oh - 1) / oh;
+        for (int64_t ox = 0; ox < ow; ++ox) {
+          const int64_t x0 = ox * w / ow, x1 = ((ox + 1) * w + ow - 1) / ow;
+          const float g =
+              gy[plane * oh * ow + oy * ow + ox] / static_cast<float>((y1 - y0) * (x1 - x0));
+          for (int64_t iy = y0; iy < y1; ++iy)
+            for (int64_t ix = x0; ix < x1; ++ix) gp[iy * w + ix] += g;
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------ misc
+Tensor add_forward(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape())
+    throw Error("add: shapes " + shape_str(a.shape()) + " and " + shape_str(b.shape()) + " differ");
+  Tensor y = Tensor::empty(a.shape());
+  const float *pa = a.data(), *pb = b.data();
+  float* d = y.data();
+  parallel_for(a.numel(), [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) d[i] = pa[i] + pb[i];
+  });
+  return y;
+}
+
+void add_into(Tensor& dst, const Tensor& src) {
+  if (dst.numel() != src.numel())
+    throw Error("add_into: " + shape_str(src.shape()) + " into " + shape_str(dst.shape()));
+  float* d = dst.data();
+  const float* s = src.data();
+  parallel_for(dst.numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) d[i] += s[i];
+  });
+}
+
+Tensor softmax_forward(const Tensor& x) {
+  if (x.ndim() < 1) throw Error("softmax: scalar input");
+  const int64_t c = x.dim(-1), rows = c ? x.numel() / c : 0;
+  Tensor y = Tensor::empty(x.shape());
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* s = x.data() + r * c;
+    float* d = y.data() + r * c;
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < c; ++j) mx = std::max(mx, s[j]);
+    double sum = 0.0;
+    for (int64_t j = 0; j < c; ++j) sum += std::exp(double(s[j]) - mx);
+    for (int64_t j = 0; j < c; ++j) d[j] = static_cast<float>(std::exp(double(s[j]) - mx) / sum);
+  }
+  return y;
+}
+
+void softmax_backward(const Tensor& gy, const Tensor& y, Tensor& gx) {
+  const int64_t c = y.dim(-1), rows = c ? y.numel() / c : 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = gy.data() + r * c;
+    const float* v = y.data() + r * c;
+    float* d = gx.data() + r * c;
+    double dot = 0.0;
+    for (int64_t j = 0; j < c; ++j) dot += double(g[j]) * v[j];
+    for (int64_t j = 0; j < c; ++j) d[j] += static_cast<float>(v[j] * (g[j] - dot));
+  }
+}
+
+double cross_entropy(const Tensor& logits, const std::vector<int>& targets, double smoothing,
+                     Tensor* grad) {
+  if (logits.ndim() != 2) throw Error("cross_entropy: logits must be [N, C]");
+  const int64_t n = logits.dim(0), c = logits.dim(1);
+  if (static_cast<int64_t>(targets.size()) != n)
+    throw Error("cross_entropy: " + std::to_string(targets.size()) + " targets for " +
+                std::to_string(n) + " rows");
+  if (smoothing < 0.0 || smoothing > 1.0) throw Error("cross_entropy: smoothing outside [0, 1]");
+  if (grad) check_shape(*grad, logits.shape(), "cross_entropy gradient");
+  double total = 0.0;
+  for (int64_t r = 0; r < n; ++r) {
+    const int t = targets[r];
+    if (t < 0 || t >= c)
+      throw Error("cross_entropy: target " + std::to_string(t) + " outside [0, " +
+                  std::to_string(c) + ")");
+    const float* s = logits.data() + r * c;
+    double mx = -std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < c; ++j) mx = std::max(mx, double(s[j]));
+    double sum = 0.0;
+    for (int64_t j = 0; j < c; ++j) sum += std::exp(s[j] - mx);
+    const double lse = mx + std::log(sum);
+    // PyTorch: (1 - eps) * nll(target) + eps * mean_j(-log p_j).
+    double mean_nll = 0.0;
+    for (int64_t j = 0; j < c; ++j) mean_nll += lse - s[j];
+    mean_nll /= c;
+    total += (1.0 - smoothing) * (lse - s[t]) + smoothing * mean_nll;
+    if (grad) {
+      float* g = grad->data() + r * c;
+      for (int64_t j = 0; j < c; ++j) {
+        const double p = std::exp(s[j] - lse);
+        const double q = (j == t ? 1.0 - smoothing : 0.0) + smoothing / c;
+        g[j] = static_cast<float>((p - q) / n);
+      }
+    }
+  }
+  return total / n;
+}
+
+}  // namespace isplit

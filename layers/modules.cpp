@@ -1,1 +1,348 @@
-// placeholder
+#include "layers/modules.h"
+
+#include <cmath>
+
+#include "engine/parallel.h"
+
+namespace isplit {
+
+namespace {
+// The gradient buffer of a parameter, allocated zeroed on first use.
+Tensor& grad_of(Parameter& p) {
+  if (!p.grad.defined()) p.grad = Tensor::zeros(p.value.shape());
+  return p.grad;
+}
+
+Parameter make_param(const Shape& shape, bool buffer = false) {
+  Parameter p;
+  p.value = Tensor::zeros(shape);
+  p.is_buffer = buffer;
+  p.requires_grad = !buffer;
+  return p;
+}
+}  // namespace
+
+// ------------------------------------------------------------------ free ops
+Var relu(Tape* tape, const Var& x) {
+  Tensor y = relu_forward(x.value);
+  if (!tape) return Var{y};
+  return tape->record(y, {&x}, [y](const Tensor& gy, std::vector<Tensor*>& gin) {
+    if (gin[0]) relu_backward(gy, y, *gin[0]);
+  });
+}
+
+Var add(Tape* tape, const Var& a, const Var& b) {
+  Tensor y = add_forward(a.value, b.value);
+  if (!tape) return Var{y};
+  return tape->record(y, {&a, &b}, [](const Tensor& gy, std::vector<Tensor*>& gin) {
+    if (gin[0]) add_into(*gin[0], gy);
+    if (gin[1]) add_into(*gin[1], gy);
+  });
+}
+
+Var flatten(Tape* tape, const Var& x) {
+  if (x.value.ndim() < 1) throw Error("flatten: scalar input");
+  const int64_t n = x.value.dim(0);
+  Tensor y = x.value.reshape({n, n ? x.value.numel() / n : 0});
+  if (!tape) return Var{y};
+  return tape->record(y, {&x}, [](const Tensor& gy, std::vector<Tensor*>& gin) {
+    if (gin[0]) add_into(*gin[0], gy);
+  });
+}
+
+Var softmax(Tape* tape, const Var& x) {
+  Tensor y = softmax_forward(x.value);
+  if (!tape) return Var{y};
+  return tape->record(y, {&x}, [y](const Tensor& gy, std::vector<Tensor*>& gin) {
+    if (gin[0]) softmax_backward(gy, y, *gin[0]);
+  });
+}
+
+Var cross_entropy_loss(Tape* tape, const Var& logits, const std::vector<int>& targets,
+                       double label_smoothing) {
+  Tensor grad = Tensor::empty(logits.value.shape());
+  const double loss = cross_entropy(logits.value, targets, label_smoothing, tape ? &grad : nullptr);
+  Tensor y = Tensor::full({}, static_cast<float>(loss));
+  if (!tape) return Var{y};
+  return tape->record(y, {&logits}, [grad](const Tensor& gy, std::vector<Tensor*>& gin) {
+    if (!gin[0]) return;
+    const float s = gy[0];
+    float* d = gin[0]->data();
+    for (int64_t i = 0; i < grad.numel(); ++i) d[i] += s * grad[i];
+  });
+}
+
+// ------------------------------------------------------------------ Conv2d
+Conv2d::Conv2d(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t padding,
+               bool bias, int64_t dilation, int64_t groups)
+    : has_bias_(bias) {
+  spec_.in_channels = in;
+  spec_.out_channels = out;
+  spec_.kh = spec_.kw = kernel;
+  spec_.stride_h = spec_.stride_w = stride;
+  spec_.pad_h = spec_.pad_w = padding;
+  spec_.dil_h = spec_.dil_w = dilation;
+  spec_.groups = groups;
+  if (groups <= 0 || in % groups || out % groups)
+    throw Error("Conv2d: channels not divisible by groups");
+  weight = make_param({out, in / groups, kernel, kernel});
+  if (bias) this->bias = make_param({out});
+}
+
+double Conv2d::flops(const Shape& in) const {
+  const Shape o = out_shape(in);
+  return 2.0 * shape_numel(o) * (spec_.in_channels / spec_.groups) * spec_.kh * spec_.kw;
+}
+
+void Conv2d::named_parameters(const std::string& prefix, NamedParams& out) {
+  out.emplace_back(prefix + "weight", &weight);
+  if (has_bias_) out.emplace_back(prefix + "bias", &bias);
+}
+
+Var Conv2d::forward(Tape* tape, const Var& x) {
+  Tensor y = conv2d_forward(x.value, weight.value, has_bias_ ? &bias.value : nullptr, spec_);
+  if (!tape) return Var{y};
+  const bool want_w = tape->wants(weight);
+  const bool want_b = has_bias_ && tape->wants(bias);
+  Tensor xv = want_w ? x.value : Tensor();  // kept only for the weight gradient
+  return tape->record(
+      y, {&x},
+      [this, xv, want_w, want_b](const Tensor& gy, std::vector<Tensor*>& gin) {
+        if (gin[0]) conv2d_backward_data(gy, weight.value, spec_, *gin[0]);
+        if (want_w) conv2d_backward_weight(gy, xv, spec_, &grad_of(weight), nullptr);
+        if (want_b) channel_sum_add(gy, grad_of(bias));
+      },
+      want_w || want_b);
+}
+
+void Conv2d::fold_scale_shift(const std::vector<float>& scale, const std::vector<float>& shift) {
+  const int64_t out = spec_.out_channels;
+  if (static_cast<int64_t>(scale.size()) != out || static_cast<int64_t>(shift.size()) != out)
+    throw Error("Conv2d::fold_scale_shift: channel count mismatch");
+  const int64_t per = weight.value.numel() / out;
+  for (int64_t c = 0; c < out; ++c)
+    for (int64_t i = 0; i < per; ++i) weight.value[c * per + i] *= scale[c];
+  if (!has_bias_) {
+    bias = make_param({out});
+    has_bias_ = true;
+  }
+  for (int64_t c = 0; c < out; ++c) bias.value[c] = bias.value[c] * scale[c] + shift[c];
+}
+
+// ------------------------------------------------------------------ BatchNorm2d
+BatchNorm2d::BatchNorm2d(int64_t channels, double eps_, double momentum_)
+    : eps(eps_), momentum(momentum_) {
+  weight = make_param({channels});
+  weight.value.fill(1.0f);
+  bias = make_param({channels});
+  running_mean = make_param({channels}, true);
+  running_var = make_param({channels}, true);
+  running_var.value.fill(1.0f);
+}
+
+double BatchNorm2d::flops(const Shape& in) const { return 2.0 * shape_numel(in); }
+
+void BatchNorm2d::named_parameters(const std::string& prefix, NamedParams& out) {
+  out.emplace_back(prefix + "weight", &weight);
+  out.emplace_back(prefix + "bias", &bias);
+  out.emplace_back(prefix + "running_mean", &running_mean);
+  out.emplace_back(prefix + "running_var", &running_var);
+}
+
+void BatchNorm2d::affine(std::vector<float>& scale, std::vector<float>& shift) const {
+  const int64_t c = weight.value.numel();
+  scale.resize(c);
+  shift.resize(c);
+  for (int64_t i = 0; i < c; ++i) {
+    const double s = weight.value[i] / std::sqrt(double(running_var.value[i]) + eps);
+    scale[i] = static_cast<float>(s);
+    shift[i] = static_cast<float>(bias.value[i] - running_mean.value[i] * s);
+  }
+}
+
+Var BatchNorm2d::forward(Tape* tape, const Var& x) {
+  if (folded_) {
+    if (training_) throw Error("BatchNorm2d: folded into its convolution; cannot train");
+    return x;
+  }
+  auto saved = std::make_shared<BatchNormSaved>();
+  Tensor y = training_ ? batchnorm_forward_train(x.value, weight.value, bias.value,
+                                                 running_mean.value, running_var.value, eps,
+                                                 momentum, saved.get())
+                       : batchnorm_forward_eval(x.value, weight.value, bias.value,
+                                                running_mean.value, running_var.value, eps,
+                                                saved.get());
+  if (!tape) return Var{y};
+  const bool want_w = tape->wants(weight), want_b = tape->wants(bias);
+  const bool train = training_;
+  const bool need_x = want_w || (train && tape->needs_grad(x));
+  Tensor xv = need_x ? x.value : Tensor();
+  return tape->record(
+      y, {&x},
+      [this, xv, saved, train, want_w, want_b](const Tensor& gy, std::vector<Tensor*>& gin) {
+        if (!gin[0] && !want_w && !want_b) return;
+        if (!xv.defined()) {
+          // Eval mode without a weight gradient: dx is a per-channel scale of dy.
+          if (gin[0]) {
+            const int64_t c = gy.dim(1), hw = gy.dim(2) * gy.dim(3);
+            float* d = gin[0]->data();
+            parallel_for(gy.dim(0) * c, [&](int64_t r0, int64_t r1) {
+              for (int64_t r = r0; r < r1; ++r) {
+                const float s = weight.value[r % c] * saved->inv_std[r % c];
+                for (int64_t i = 0; i < hw; ++i) d[r * hw + i] += s * gy[r * hw + i];
+              }
+            });
+          }
+          if (want_b) channel_sum_add(gy, grad_of(bias));
+          return;
+        }
+        batchnorm_backward(gy, xv, weight.value, *saved, train, gin[0],
+                           want_w ? &grad_of(weight) : nullptr, want_b ? &grad_of(bias) : nullptr);
+      },
+      want_w || want_b);
+}
+
+void fold_conv_bn(Conv2d& conv, BatchNorm2d& bn) {
+  std::vector<float> scale, shift;
+  bn.affine(scale, shift);
+  conv.fold_scale_shift(scale, shift);
+  bn.set_folded(true);
+}
+
+// ------------------------------------------------------------------ pools
+MaxPool2d::MaxPool2d(int64_t kernel, int64_t stride, int64_t padding, bool ceil_mode) {
+  spec_.kh = spec_.kw = kernel;
+  spec_.stride_h = spec_.stride_w = stride;
+  spec_.pad_h = spec_.pad_w = padding;
+  spec_.ceil_mode = ceil_mode;
+}
+
+double MaxPool2d::flops(const Shape& in) const {
+  return double(shape_numel(out_shape(in))) * spec_.kh * spec_.kw;
+}
+
+Var MaxPool2d::forward(Tape* tape, const Var& x) {
+  if (!tape) return Var{maxpool2d_forward(x.value, spec_, nullptr)};
+  auto argmax = std::make_shared<std::vector<int32_t>>();
+  Tensor y = maxpool2d_forward(x.value, spec_, argmax.get());
+  return tape->record(y, {&x}, [argmax](const Tensor& gy, std::vector<Tensor*>& gin) {
+    if (gin[0]) maxpool2d_backward(gy, *argmax, *gin[0]);
+  });
+}
+
+AvgPool2d::AvgPool2d(int64_t kernel, int64_t stride, int64_t padding, bool ceil_mode,
+                     bool count_include_pad) {
+  spec_.kh = spec_.kw = kernel;
+  spec_.stride_h = spec_.stride_w = stride;
+  spec_.pad_h = spec_.pad_w = padding;
+  spec_.ceil_mode = ceil_mode;
+  spec_.count_include_pad = count_include_pad;
+}
+
+double AvgPool2d::flops(const Shape& in) const {
+  return double(shape_numel(out_shape(in))) * spec_.kh * spec_.kw;
+}
+
+Var AvgPool2d::forward(Tape* tape, const Var& x) {
+  Tensor y = avgpool2d_forward(x.value, spec_);
+  if (!tape) return Var{y};
+  const Pool2dSpec s = spec_;
+  return tape->record(y, {&x}, [s](const Tensor& gy, std::vector<Tensor*>& gin) {
+    if (gin[0]) avgpool2d_backward(gy, s, *gin[0]);
+  });
+}
+
+Shape AdaptiveAvgPool2d::out_shape(const Shape& in) const {
+  if (in.size() != 4) throw Error("AdaptiveAvgPool2d: expected a 4-d input");
+  return {in[0], in[1], oh_, ow_};
+}
+
+double AdaptiveAvgPool2d::flops(const Shape& in) const { return double(shape_numel(in)); }
+
+Var AdaptiveAvgPool2d::forward(Tape* tape, const Var& x) {
+  Tensor y = adaptive_avgpool2d_forward(x.value, oh_, ow_);
+  if (!tape) return Var{y};
+  return tape->record(y, {&x}, [](const Tensor& gy, std::vector<Tensor*>& gin) {
+    if (gin[0]) adaptive_avgpool2d_backward(gy, *gin[0]);
+  });
+}
+
+Shape Flatten::out_shape(const Shape& in) const {
+  if (in.empty()) throw Error("Flatten: scalar input");
+  return {in[0], in[0] ? shape_numel(in) / in[0] : 0};
+}
+
+// ------------------------------------------------------------------ Linear
+Linear::Linear(int64_t in, int64_t out, bool bias) : in_(in), out_(out), has_bias_(bias) {
+  weight = make_param({out, in});
+  if (bias) this->bias = make_param({out});
+}
+
+Shape Linear::out_shape(const Shape& in) const {
+  if (in.size() != 2 || in[1] != in_)
+    throw Error("Linear: input " + shape_str(in) + " does not have " + std::to_string(in_) +
+                " features");
+  return {in[0], out_};
+}
+
+double Linear::flops(const Shape& in) const { return 2.0 * in[0] * in_ * out_; }
+
+void Linear::named_parameters(const std::string& prefix, NamedParams& out) {
+  out.emplace_back(prefix + "weight", &weight);
+  if (has_bias_) out.emplace_back(prefix + "bias", &bias);
+}
+
+Var Linear::forward(Tape* tape, const Var& x) {
+  Tensor y = linear_forward(x.value, weight.value, has_bias_ ? &bias.value : nullptr);
+  if (!tape) return Var{y};
+  const bool want_w = tape->wants(weight), want_b = has_bias_ && tape->wants(bias);
+  Tensor xv = x.value;
+  return tape->record(
+      y, {&x},
+      [this, xv, want_w, want_b](const Tensor& gy, std::vector<Tensor*>& gin) {
+        linear_backward(gy, xv, weight.value, gin[0], want_w ? &grad_of(weight) : nullptr,
+                        want_b ? &grad_of(bias) : nullptr);
+      },
+      want_w || want_b);
+}
+
+// ------------------------------------------------------------------ Dropout
+Var Dropout::forward(Tape* tape, const Var& x) {
+  if (!training_ || p_ <= 0.0) return x;
+  if (p_ >= 1.0) {
+    Tensor y = Tensor::zeros(x.value.shape());
+    if (!tape) return Var{y};
+    return tape->record(y, {&x}, [](const Tensor&, std::vector<Tensor*>&) {});
+  }
+  Tensor mask = Tensor::empty(x.value.shape());
+  std::bernoulli_distribution keep(1.0 - p_);
+  const float scale = static_cast<float>(1.0 / (1.0 - p_));
+  for (int64_t i = 0; i < mask.numel(); ++i) mask[i] = keep(rng_) ? scale : 0.0f;
+  Tensor y = Tensor::empty(x.value.shape());
+  for (int64_t i = 0; i < y.numel(); ++i) y[i] = x.value[i] * mask[i];
+  if (!tape) return Var{y};
+  return tape->record(y, {&x}, [mask](const Tensor& gy, std::vector<Tensor*>& gin) {
+    if (!gin[0]) return;
+    float* d = gin[0]->data();
+    for (int64_t i = 0; i < gy.numel(); ++i) d[i] += gy[i] * mask[i];
+  });
+}
+
+// ------------------------------------------------------------------ init
+void init_conv_kaiming(Conv2d& conv, std::mt19937_64& rng) {
+  const Conv2dSpec& s = conv.spec();
+  const double fan_out = double(s.out_channels) * s.kh * s.kw / s.groups;
+  std::normal_distribution<double> dist(0.0, std::sqrt(2.0 / fan_out));
+  for (int64_t i = 0; i < conv.weight.value.numel(); ++i)
+    conv.weight.value[i] = static_cast<float>(dist(rng));
+  if (conv.has_bias()) conv.bias.value.zero();
+}
+
+void init_linear_normal(Linear& linear, double stddev, std::mt19937_64& rng) {
+  std::normal_distribution<double> dist(0.0, stddev);
+  for (int64_t i = 0; i < linear.weight.value.numel(); ++i)
+    linear.weight.value[i] = static_cast<float>(dist(rng));
+  if (linear.bias.value.defined()) linear.bias.value.zero();
+}
+
+}  // namespace isplit

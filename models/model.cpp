@@ -1,1 +1,166 @@
-// placeholder
+#include "models/model.h"
+
+#include <set>
+
+#include "engine/safetensors.h"
+
+namespace isplit {
+
+void Model::add(std::string name, std::unique_ptr<Module> m, bool cut, bool dflt) {
+  Stage s;
+  s.name = std::move(name);
+  s.module = std::move(m);
+  s.cut = cut;
+  s.is_default = dflt;
+  stages_.push_back(std::move(s));
+}
+
+Var Model::forward(Tape* tape, const Var& x, const Observer& observe,
+                   const std::string& stop_after) {
+  if (x.value.ndim() != 4 || x.value.dim(1) != 3)
+    throw Error(arch_ + ": expected input [N, 3, H, W], got " + shape_str(x.value.shape()));
+  if (!stop_after.empty() && !has_cut_point(stop_after))
+    throw Error(arch_ + ": unknown cut point '" + stop_after + "'");
+  Var v = x;
+  for (Stage& s : stages_) {
+    v = s.module->forward(tape, v);
+    if (s.cut && !s.hidden) {
+      if (observe) observe(s.name, v);
+      if (s.name == stop_after) return v;
+    }
+  }
+  return v;
+}
+
+Tensor Model::predict(const Tensor& x) { return forward(nullptr, Var{x}).value; }
+
+std::vector<CutPoint> Model::cut_points(bool all) const {
+  std::vector<CutPoint> out;
+  for (const Stage& s : stages_)
+    if (s.cut && !s.hidden && (all || s.is_default)) out.push_back({s.name, s.is_default});
+  return out;
+}
+
+bool Model::has_cut_point(const std::string& name) const {
+  for (const Stage& s : stages_)
+    if (s.cut && !s.hidden && s.name == name) return true;
+  return false;
+}
+
+std::vector<StageInfo> Model::stage_info(const Shape& input) const {
+  std::vector<StageInfo> out;
+  Shape shape = input;
+  for (const Stage& s : stages_) {
+    StageInfo info;
+    info.name = s.name;
+    info.flops = s.module->flops(shape);
+    shape = s.module->out_shape(shape);
+    info.out_shape = shape;
+    NamedParams ps;
+    s.module->named_parameters("", ps);
+    for (auto& p : ps)
+      if (!p.second->is_buffer) info.params += p.second->value.numel();
+    info.cut = s.cut && !s.hidden;
+    info.is_default = s.is_default;
+    out.push_back(info);
+  }
+  return out;
+}
+
+NamedParams Model::named_parameters() {
+  NamedParams out;
+  for (Stage& s : stages_) s.module->named_parameters(s.name + ".", out);
+  return out;
+}
+
+int64_t Model::parameter_count() {
+  int64_t n = 0;
+  for (auto& p : named_parameters())
+    if (!p.second->is_buffer) n += p.second->value.numel();
+  return n;
+}
+
+void Model::set_training(bool training, bool dropout) {
+  for (Stage& s : stages_) {
+    const bool is_dropout = dynamic_cast<Dropout*>(s.module.get()) != nullptr;
+    s.module->set_training(training && (dropout || !is_dropout));
+  }
+}
+
+void Model::zero_grad() {
+  for (auto& p : named_parameters()) p.second->zero_grad();
+}
+
+void Model::load(const SafetensorsReader& file) {
+  NamedParams params = named_parameters();
+  std::set<std::string> expected;
+  for (auto& [name, p] : params) {
+    expected.insert(name);
+    if (!file.has(name)) throw Error(file.path() + ": tensor '" + name + "': missing");
+    const SafetensorsInfo& info = file.info(name);
+    if (info.shape != p->value.shape())
+      throw Error(file.path() + ": tensor '" + name + "': shape " + shape_str(info.shape) +
+                  ", expected " + shape_str(p->value.shape()) + " for " + arch_);
+  }
+  for (const std::string& name : file.names()) {
+    const std::string suffix = "num_batches_tracked";
+    const bool ignored = name.size() >= suffix.size() &&
+                         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    if (!ignored && !expected.count(name))
+      throw Error(file.path() + ": tensor '" + name + "': unexpected for " + arch_);
+  }
+  for (auto& [name, p] : params) p->value.copy_from(file.get(name));
+}
+
+void Model::load(const std::string& path) { load(SafetensorsReader(path)); }
+
+void Model::save(const std::string& path) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (auto& [name, p] : named_parameters()) tensors.emplace_back(name, p->value);
+  save_safetensors(path, tensors, {{"arch", arch_}, {"format", "pt"}});
+}
+
+void Model::fold_batchnorm() {
+  if (folded_) return;
+  for (size_t i = 0; i < stages_.size(); ++i) {
+    stages_[i].module->fold_batchnorm();
+    if (i + 1 == stages_.size()) break;
+    auto* conv = dynamic_cast<Conv2d*>(stages_[i].module.get());
+    auto* bn = dynamic_cast<BatchNorm2d*>(stages_[i + 1].module.get());
+    if (conv && bn) {
+      fold_conv_bn(*conv, *bn);
+      stages_[i].hidden = true;
+    }
+  }
+  folded_ = true;
+}
+
+std::vector<std::string> model_names() { return {"vgg16", "resnet50"}; }
+
+std::unique_ptr<Model> build_model(const std::string& name, int64_t num_classes, uint64_t seed) {
+  if (num_classes <= 0) throw Error("num_classes must be positive");
+  if (name == "vgg16") return make_vgg16(num_classes, seed);
+  if (name == "resnet50") return make_resnet50(num_classes, seed);
+  throw Error("unknown model '" + name + "' (expected vgg16 or resnet50)");
+}
+
+std::unique_ptr<Model> load_model(const std::string& name, const std::string& weights_path,
+                                  int64_t num_classes) {
+  SafetensorsReader file(weights_path);
+  const std::string head = name == "vgg16" ? "classifier.6.weight" : "fc.weight";
+  if (num_classes <= 0) {
+    if (name != "vgg16" && name != "resnet50")
+      throw Error("unknown model '" + name + "' (expected vgg16 or resnet50)");
+    if (!file.has(head)) throw Error(weights_path + ": tensor '" + head + "': missing");
+    const SafetensorsInfo& info = file.info(head);
+    if (info.shape.size() != 2 || info.shape[0] <= 0)
+      throw Error(weights_path + ": tensor '" + head + "': shape " + shape_str(info.shape) +
+                  ", expected [classes, features]");
+    num_classes = info.shape[0];
+  }
+  auto model = build_model(name, num_classes);
+  model->load(file);
+  return model;
+}
+
+}  // namespace isplit

@@ -1,1 +1,138 @@
-// placeholder
+// ResNet-50 (torchvision's `resnet50`: v1.5, stride on the 3x3 convolution).
+#include <cmath>
+#include <random>
+
+#include "models/model.h"
+
+namespace isplit {
+
+namespace {
+
+// The bottleneck block: 1x1 reduce, 3x3 (carries the stride), 1x1 expand (x4), with a
+// projection shortcut (downsample.0 conv + downsample.1 bn) when the shape changes.
+class Bottleneck : public Module {
+ public:
+  Bottleneck(int64_t in, int64_t planes, int64_t stride, std::mt19937_64& rng)
+      : conv1_(in, planes, 1, 1, 0, false),
+        bn1_(planes),
+        conv2_(planes, planes, 3, stride, 1, false),
+        bn2_(planes),
+        conv3_(planes, planes * 4, 1, 1, 0, false),
+        bn3_(planes * 4) {
+    init_conv_kaiming(conv1_, rng);
+    init_conv_kaiming(conv2_, rng);
+    init_conv_kaiming(conv3_, rng);
+    if (stride != 1 || in != planes * 4) {
+      ds_conv_ = std::make_unique<Conv2d>(in, planes * 4, 1, stride, 0, false);
+      ds_bn_ = std::make_unique<BatchNorm2d>(planes * 4);
+      init_conv_kaiming(*ds_conv_, rng);
+    }
+  }
+
+  Var forward(Tape* tape, const Var& x) override {
+    Var out = relu(tape, bn1_.forward(tape, conv1_.forward(tape, x)));
+    out = relu(tape, bn2_.forward(tape, conv2_.forward(tape, out)));
+    out = bn3_.forward(tape, conv3_.forward(tape, out));
+    Var identity = ds_conv_ ? ds_bn_->forward(tape, ds_conv_->forward(tape, x)) : x;
+    return relu(tape, add(tape, out, identity));
+  }
+
+  Shape out_shape(const Shape& in) const override {
+    return conv3_.out_shape(conv2_.out_shape(conv1_.out_shape(in)));
+  }
+
+  double flops(const Shape& in) const override {
+    const Shape a = conv1_.out_shape(in), b = conv2_.out_shape(a), c = conv3_.out_shape(b);
+    double f = conv1_.flops(in) + conv2_.flops(a) + conv3_.flops(b);
+    f += bn1_.flops(a) + bn2_.flops(b) + bn3_.flops(c);
+    f += double(shape_numel(a) + shape_numel(b) + 2 * shape_numel(c));  // ReLUs and add
+    if (ds_conv_) f += ds_conv_->flops(in) + ds_bn_->flops(c);
+    return f;
+  }
+
+  void named_parameters(const std::string& prefix, NamedParams& out) override {
+    conv1_.named_parameters(prefix + "conv1.", out);
+    bn1_.named_parameters(prefix + "bn1.", out);
+    conv2_.named_parameters(prefix + "conv2.", out);
+    bn2_.named_parameters(prefix + "bn2.", out);
+    conv3_.named_parameters(prefix + "conv3.", out);
+    bn3_.named_parameters(prefix + "bn3.", out);
+    if (ds_conv_) {
+      ds_conv_->named_parameters(prefix + "downsample.0.", out);
+      ds_bn_->named_parameters(prefix + "downsample.1.", out);
+    }
+  }
+
+  void set_training(bool training) override {
+    Module::set_training(training);
+    for (Module* m : members()) m->set_training(training);
+  }
+
+  void fold_batchnorm() override {
+    fold_conv_bn(conv1_, bn1_);
+    fold_conv_bn(conv2_, bn2_);
+    fold_conv_bn(conv3_, bn3_);
+    if (ds_conv_) fold_conv_bn(*ds_conv_, *ds_bn_);
+  }
+
+ private:
+  std::vector<Module*> members() {
+    std::vector<Module*> m = {&conv1_, &bn1_, &conv2_, &bn2_, &conv3_, &bn3_};
+    if (ds_conv_) {
+      m.push_back(ds_conv_.get());
+      m.push_back(ds_bn_.get());
+    }
+    return m;
+  }
+  Conv2d conv1_;
+  BatchNorm2d bn1_;
+  Conv2d conv2_;
+  BatchNorm2d bn2_;
+  Conv2d conv3_;
+  BatchNorm2d bn3_;
+  std::unique_ptr<Conv2d> ds_conv_;
+  std::unique_ptr<BatchNorm2d> ds_bn_;
+};
+
+class ResNet50 : public Model {
+ public:
+  ResNet50(int64_t num_classes, uint64_t seed) : Model("resnet50", num_classes) {
+    std::mt19937_64 rng(seed);
+    auto conv1 = std::make_unique<Conv2d>(3, 64, 7, 2, 3, false);
+    init_conv_kaiming(*conv1, rng);
+    add("conv1", std::move(conv1), true, false);
+    add("bn1", std::make_unique<BatchNorm2d>(64), true, false);
+    add("relu", std::make_unique<ReLU>(), true, true);
+    add("maxpool", std::make_unique<MaxPool2d>(3, 2, 1), true, true);
+    const int64_t blocks[] = {3, 4, 6, 3};
+    int64_t in = 64;
+    for (int layer = 0; layer < 4; ++layer) {
+      const int64_t planes = 64 << layer;
+      for (int64_t b = 0; b < blocks[layer]; ++b) {
+        const int64_t stride = (layer > 0 && b == 0) ? 2 : 1;
+        add("layer" + std::to_string(layer + 1) + "." + std::to_string(b),
+            std::make_unique<Bottleneck>(in, planes, stride, rng), true, true);
+        in = planes * 4;
+      }
+    }
+    add("avgpool", std::make_unique<AdaptiveAvgPool2d>(1, 1));
+    add("flatten", std::make_unique<Flatten>());
+    // PyTorch's default Linear init: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
+    auto fc = std::make_unique<Linear>(in, num_classes);
+    const double bound = 1.0 / std::sqrt(double(in));
+    std::uniform_real_distribution<double> dist(-bound, bound);
+    for (int64_t i = 0; i < fc->weight.value.numel(); ++i)
+      fc->weight.value[i] = static_cast<float>(dist(rng));
+    for (int64_t i = 0; i < fc->bias.value.numel(); ++i)
+      fc->bias.value[i] = static_cast<float>(dist(rng));
+    add("fc", std::move(fc));
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Model> make_resnet50(int64_t num_classes, uint64_t seed) {
+  return std::make_unique<ResNet50>(num_classes, seed);
+}
+
+}  // namespace isplit

@@ -1,0 +1,109 @@
+// Layer kernels: forward and backward of every op on plain tensors (float32, NCHW).
+//
+// Convention (as in llm.c): a backward *adds* into the gradient buffers it is given,
+// so several consumers of one tensor can accumulate into a single buffer. A null
+// gradient pointer means that gradient is not wanted and is not computed.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace isplit {
+
+// ------------------------------------------------------------------ convolution
+struct Conv2dSpec {
+  int64_t in_channels = 0, out_channels = 0;
+  int64_t kh = 1, kw = 1;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  int64_t dil_h = 1, dil_w = 1;
+  int64_t groups = 1;
+};
+// Output shape [N, Cout, OH, OW] for input shape x; throws Error when they do not fit.
+Shape conv2d_out_shape(const Shape& x, const Conv2dSpec& s);
+// y = conv(x, w) + b; x [N,Cin,H,W], w [Cout,Cin/g,kh,kw], b [Cout] or null.
+Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* b, const Conv2dSpec& s);
+// Direct-loop convolution used as the oracle in tests (slow).
+Tensor conv2d_forward_naive(const Tensor& x, const Tensor& w, const Tensor* b,
+                            const Conv2dSpec& s);
+// gx += dL/dx.
+void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s, Tensor& gx);
+// gw += dL/dw and, when gb is given, gb += dL/db.
+void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dSpec& s, Tensor* gw,
+                            Tensor* gb);
+// gb[c] += sum over n, h, w of gy[n, c, h, w] (bias gradient of conv and batch norm).
+void channel_sum_add(const Tensor& gy, Tensor& gb);
+
+// ------------------------------------------------------------------ linear
+// y = x w^T + b; x [N,in], w [out,in], b [out] or null.
+Tensor linear_forward(const Tensor& x, const Tensor& w, const Tensor* b);
+// gx += gy w (when gx), gw += gy^T x (when gw), gb += sum_n gy (when gb).
+void linear_backward(const Tensor& gy, const Tensor& x, const Tensor& w, Tensor* gx, Tensor* gw,
+                     Tensor* gb);
+
+// ------------------------------------------------------------------ batch norm
+// Per-channel statistics of a training-mode batch norm forward, kept for backward.
+struct BatchNormSaved {
+  std::vector<float> mean;     // batch mean (train) or running mean (eval)
+  std::vector<float> inv_std;  // 1/sqrt(var + eps)
+};
+// Eval mode: normalises with the running statistics.
+Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                              const Tensor& running_mean, const Tensor& running_var, double eps,
+                              BatchNormSaved* saved);
+// Train mode: normalises with the batch statistics and updates the running ones as
+// PyTorch does (biased variance to normalise, unbiased variance into running_var,
+// running = (1 - momentum) * running + momentum * batch).
+Tensor batchnorm_forward_train(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                               Tensor& running_mean, Tensor& running_var, double eps,
+                               double momentum, BatchNormSaved* saved);
+// Backward of either mode (train: statistics depend on x; eval: constants).
+void batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight,
+                        const BatchNormSaved& saved, bool train, Tensor* gx, Tensor* gw,
+                        Tensor* gb);
+
+// ------------------------------------------------------------------ activations
+// y = max(x, 0).
+Tensor relu_forward(const Tensor& x);
+// gx += gy where y > 0.
+void relu_backward(const Tensor& gy, const Tensor& y, Tensor& gx);
+
+// ------------------------------------------------------------------ pooling
+struct Pool2dSpec {
+  int64_t kh = 1, kw = 1;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  bool ceil_mode = false;
+  bool count_include_pad = true;  // AvgPool2d only
+};
+// Output shape of a max/avg pool, with PyTorch's ceil_mode rule.
+Shape pool2d_out_shape(const Shape& x, const Pool2dSpec& s);
+// Max pool; argmax (flat index into each input plane) is filled for backward.
+Tensor maxpool2d_forward(const Tensor& x, const Pool2dSpec& s, std::vector<int32_t>* argmax);
+// gx += gy routed to the argmax positions.
+void maxpool2d_backward(const Tensor& gy, const std::vector<int32_t>& argmax, Tensor& gx);
+// Average pool with PyTorch's divisor rule (padding counted when count_include_pad).
+Tensor avgpool2d_forward(const Tensor& x, const Pool2dSpec& s);
+// gx += backward of avgpool2d_forward.
+void avgpool2d_backward(const Tensor& gy, const Pool2dSpec& s, Tensor& gx);
+// Adaptive average pool to [oh, ow] with PyTorch's bins: [floor(i*H/oh), ceil((i+1)*H/oh)).
+Tensor adaptive_avgpool2d_forward(const Tensor& x, int64_t oh, int64_t ow);
+// gx += backward of adaptive_avgpool2d_forward.
+void adaptive_avgpool2d_backward(const Tensor& gy, Tensor& gx);
+
+// ------------------------------------------------------------------ misc
+// y = a + b (same shapes).
+Tensor add_forward(const Tensor& a, const Tensor& b);
+// dst += src (same element count).
+void add_into(Tensor& dst, const Tensor& src);
+// Softmax over the last dimension.
+Tensor softmax_forward(const Tensor& x);
+// gx += y * (gy - sum(gy * y)) per row.
+void softmax_backward(const Tensor& gy, const Tensor& y, Tensor& gx);
+// Mean cross-entropy of logits [N,C] against class targets, with label smoothing eps
+// (PyTorch's definition). Returns the loss; when grad is given, writes dloss/dlogits.
+double cross_entropy(const Tensor& logits, const std::vector<int>& targets, double smoothing,
+                     Tensor* grad);
+
+}  // namespace isplit

@@ -1,0 +1,179 @@
+// Layers as modules: parameters plus a forward that records its backward on a tape.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/tape.h"
+#include "layers/functional.h"
+
+namespace isplit {
+
+// (state-dict name, parameter) pairs, in torchvision's state_dict() order.
+using NamedParams = std::vector<std::pair<std::string, Parameter*>>;
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  // Runs the layer on x; with a tape, records the backward.
+  virtual Var forward(Tape* tape, const Var& x) = 0;
+  // Output shape for an input shape (no computation).
+  virtual Shape out_shape(const Shape& in) const { return in; }
+  // Multiply-add count x2 (FLOPs) of one forward for an input shape.
+  virtual double flops(const Shape& in) const { return 0.0; }
+  // Appends this module's parameters and buffers with names prefixed by `prefix`.
+  virtual void named_parameters(const std::string& prefix, NamedParams& out) {}
+  // Folds eval-mode batch norms inside this module into their convolutions.
+  virtual void fold_batchnorm() {}
+  // Switches training mode (BatchNorm statistics, Dropout).
+  virtual void set_training(bool training) { training_ = training; }
+  // True in training mode.
+  bool training() const { return training_; }
+
+ protected:
+  bool training_ = false;
+};
+
+// Free ops on variables (record on the tape when one is given).
+// y = max(x, 0).
+Var relu(Tape* tape, const Var& x);
+// y = a + b.
+Var add(Tape* tape, const Var& a, const Var& b);
+// [N, ...] -> [N, prod(...)].
+Var flatten(Tape* tape, const Var& x);
+// Softmax over the last dimension.
+Var softmax(Tape* tape, const Var& x);
+// Scalar mean cross-entropy loss of logits [N, C] against targets.
+Var cross_entropy_loss(Tape* tape, const Var& logits, const std::vector<int>& targets,
+                       double label_smoothing = 0.0);
+
+class Conv2d : public Module {
+ public:
+  // A convolution with PyTorch's Conv2d arguments (weight zero until loaded/initialised).
+  Conv2d(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1, int64_t padding = 0,
+         bool bias = true, int64_t dilation = 1, int64_t groups = 1);
+  Var forward(Tape* tape, const Var& x) override;
+  Shape out_shape(const Shape& in) const override { return conv2d_out_shape(in, spec_); }
+  double flops(const Shape& in) const override;
+  void named_parameters(const std::string& prefix, NamedParams& out) override;
+  // Folds a following eval-mode batch norm (y = a*x + b per channel) into this conv.
+  void fold_scale_shift(const std::vector<float>& scale, const std::vector<float>& shift);
+  const Conv2dSpec& spec() const { return spec_; }
+  Parameter weight, bias;
+  bool has_bias() const { return has_bias_; }
+
+ private:
+  Conv2dSpec spec_;
+  bool has_bias_;
+};
+
+class BatchNorm2d : public Module {
+ public:
+  // Batch norm over C channels; PyTorch defaults eps 1e-5, momentum 0.1.
+  explicit BatchNorm2d(int64_t channels, double eps = 1e-5, double momentum = 0.1);
+  Var forward(Tape* tape, const Var& x) override;
+  double flops(const Shape& in) const override;
+  void named_parameters(const std::string& prefix, NamedParams& out) override;
+  // Eval-mode per-channel affine form: y = scale * x + shift.
+  void affine(std::vector<float>& scale, std::vector<float>& shift) const;
+  // After folding into a conv, forward passes its input through unchanged.
+  void set_folded(bool folded) { folded_ = folded; }
+  bool folded() const { return folded_; }
+  Parameter weight, bias, running_mean, running_var;
+  double eps, momentum;
+
+ private:
+  bool folded_ = false;
+};
+
+class ReLU : public Module {
+ public:
+  Var forward(Tape* tape, const Var& x) override { return relu(tape, x); }
+  double flops(const Shape& in) const override { return double(shape_numel(in)); }
+};
+
+class MaxPool2d : public Module {
+ public:
+  // Max pool with PyTorch's arguments (stride defaults to the kernel).
+  MaxPool2d(int64_t kernel, int64_t stride, int64_t padding = 0, bool ceil_mode = false);
+  Var forward(Tape* tape, const Var& x) override;
+  Shape out_shape(const Shape& in) const override { return pool2d_out_shape(in, spec_); }
+  double flops(const Shape& in) const override;
+
+ private:
+  Pool2dSpec spec_;
+};
+
+class AvgPool2d : public Module {
+ public:
+  // Average pool with PyTorch's arguments.
+  AvgPool2d(int64_t kernel, int64_t stride, int64_t padding = 0, bool ceil_mode = false,
+            bool count_include_pad = true);
+  Var forward(Tape* tape, const Var& x) override;
+  Shape out_shape(const Shape& in) const override { return pool2d_out_shape(in, spec_); }
+  double flops(const Shape& in) const override;
+
+ private:
+  Pool2dSpec spec_;
+};
+
+class AdaptiveAvgPool2d : public Module {
+ public:
+  // Adaptive average pool to oh x ow.
+  AdaptiveAvgPool2d(int64_t oh, int64_t ow) : oh_(oh), ow_(ow) {}
+  Var forward(Tape* tape, const Var& x) override;
+  Shape out_shape(const Shape& in) const override;
+  double flops(const Shape& in) const override;
+
+ private:
+  int64_t oh_, ow_;
+};
+
+class Flatten : public Module {
+ public:
+  Var forward(Tape* tape, const Var& x) override { return flatten(tape, x); }
+  Shape out_shape(const Shape& in) const override;
+};
+
+class Linear : public Module {
+ public:
+  // y = x W^T + b with W [out, in].
+  Linear(int64_t in, int64_t out, bool bias = true);
+  Var forward(Tape* tape, const Var& x) override;
+  Shape out_shape(const Shape& in) const override;
+  double flops(const Shape& in) const override;
+  void named_parameters(const std::string& prefix, NamedParams& out) override;
+  Parameter weight, bias;
+
+ private:
+  int64_t in_, out_;
+  bool has_bias_;
+};
+
+class Dropout : public Module {
+ public:
+  // Drops with probability p in training mode (survivors scaled by 1/(1-p)); identity in eval.
+  explicit Dropout(double p = 0.5, uint64_t seed = 0x15b1u) : p_(p), rng_(seed) {}
+  Var forward(Tape* tape, const Var& x) override;
+  // Reseeds the mask generator.
+  void seed(uint64_t s) { rng_.seed(s); }
+  double p() const { return p_; }
+
+ private:
+  double p_;
+  std::mt19937_64 rng_;
+};
+
+// Folds bn (eval mode) into conv: conv' = bn(conv); bn then passes its input through.
+void fold_conv_bn(Conv2d& conv, BatchNorm2d& bn);
+
+// Initialises parameters as torchvision does for its models (kaiming-normal fan_out for
+// conv, N(0, 0.01) for linear, BN weight 1 / bias 0), from a seeded generator.
+void init_conv_kaiming(Conv2d& conv, std::mt19937_64& rng);
+// Linear weights ~ N(0, std), bias 0.
+void init_linear_normal(Linear& linear, double stddev, std::mt19937_64& rng);
+
+}  // namespace isplit

@@ -1,0 +1,112 @@
+// Models as a sequence of named stages (torchvision's top-level modules), with cut
+// points, parameter names equal to torchvision's state_dict() keys and safetensors I/O.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "layers/modules.h"
+
+namespace isplit {
+
+class SafetensorsReader;
+
+// One reportable cut point: the output of a named top-level module.
+struct CutPoint {
+  std::string name;
+  bool is_default;  // part of the default set (the tensors one would transmit)
+};
+
+// Per-stage figures for `isplit info`.
+struct StageInfo {
+  std::string name;
+  Shape out_shape;       // [N, C, H, W] or [N, F]
+  double flops = 0;      // of this stage alone
+  int64_t params = 0;    // learnable parameters of this stage
+  bool cut = false;      // a cut point
+  bool is_default = false;
+};
+
+class Model {
+ public:
+  // Called with (cut point name, its output) during forward.
+  using Observer = std::function<void(const std::string&, const Var&)>;
+
+  virtual ~Model() = default;
+  // "vgg16" or "resnet50".
+  const std::string& arch() const { return arch_; }
+  // Width of the classifier.
+  int64_t num_classes() const { return num_classes_; }
+
+  // Runs the network on x [N,3,H,W]. With a tape, records the backward. observe is called
+  // for every cut point output; with stop_after, returns that cut point's output.
+  Var forward(Tape* tape, const Var& x, const Observer& observe = nullptr,
+              const std::string& stop_after = "");
+  // Inference convenience: logits [N, classes] of a batch.
+  Tensor predict(const Tensor& x);
+
+  // All cut points in network order (all=false: only the default set).
+  std::vector<CutPoint> cut_points(bool all = true) const;
+  // True when name is a cut point of this model.
+  bool has_cut_point(const std::string& name) const;
+  // Shapes, FLOPs and parameter counts per stage for an input [N,3,H,W].
+  std::vector<StageInfo> stage_info(const Shape& input) const;
+
+  // Parameters and buffers with torchvision's state_dict() names, in its order.
+  NamedParams named_parameters();
+  // Total learnable parameter count.
+  int64_t parameter_count();
+  // Switches every module between training and evaluation mode; dropout=false keeps
+  // Dropout layers in evaluation mode (identity) even when training.
+  void set_training(bool training, bool dropout = true);
+  // Zeroes every parameter gradient.
+  void zero_grad();
+
+  // Loads weights; every parameter and buffer must be present with its exact shape and
+  // nothing else may be (num_batches_tracked is ignored). Throws Error naming the file
+  // and the tensor.
+  void load(const SafetensorsReader& file);
+  // Loads weights from a .safetensors path (see load).
+  void load(const std::string& path);
+  // Saves weights as float32 safetensors with torchvision names (atomically).
+  void save(const std::string& path);
+  // Folds every eval-mode BatchNorm into the convolution before it (inference only;
+  // the folded convolutions' own outputs are then no longer cut points).
+  void fold_batchnorm();
+  // True after fold_batchnorm().
+  bool folded() const { return folded_; }
+
+ protected:
+  struct Stage {
+    std::string name;
+    std::unique_ptr<Module> module;
+    bool cut = false;
+    bool is_default = false;
+    bool hidden = false;  // output folded away: not observable any more
+  };
+  Model(std::string arch, int64_t num_classes) : arch_(std::move(arch)), num_classes_(num_classes) {}
+  // Appends a stage.
+  void add(std::string name, std::unique_ptr<Module> m, bool cut = false, bool dflt = false);
+  std::vector<Stage> stages_;
+
+ private:
+  std::string arch_;
+  int64_t num_classes_;
+  bool folded_ = false;
+};
+
+// Names of the architectures build_model knows.
+std::vector<std::string> model_names();
+// Builds a model by name with torchvision's default initialisation from a seed.
+std::unique_ptr<Model> build_model(const std::string& name, int64_t num_classes = 1000,
+                                   uint64_t seed = 0);
+// Builds a model and loads weights; num_classes <= 0 takes the width from the file.
+std::unique_ptr<Model> load_model(const std::string& name, const std::string& weights_path,
+                                  int64_t num_classes = 0);
+
+// Builders behind build_model.
+std::unique_ptr<Model> make_vgg16(int64_t num_classes, uint64_t seed);
+std::unique_ptr<Model> make_resnet50(int64_t num_classes, uint64_t seed);
+
+}  // namespace isplit

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# End-to-end tests of the isplit program: exit codes, messages, and `predict` against
+# PyTorch on the same weights and image.  Usage: cli_test.sh ISPLIT FIXTURE_DIR
+set -u
+ISPLIT=$1
+FIXTURES=$2
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+PY=/usr/bin/python3
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+passed=0
+failed=0
+
+ok() { passed=$((passed + 1)); }
+bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
+
+# expect CODE PATTERN -- command...: exit code and a stderr line matching PATTERN.
+expect() {
+  local code=$1 pattern=$2
+  shift 3
+  "$@" >"$WORK/out" 2>"$WORK/err"
+  local rc=$?
+  if [ "$rc" -ne "$code" ]; then
+    bad "$* exited $rc, expected $code; stderr: $(head -c 300 "$WORK/err")"
+    return
+  fi
+  if [ -n "$pattern" ] && ! grep -qE -- "$pattern" "$WORK/err"; then
+    bad "$*: stderr does not match '$pattern': $(head -c 300 "$WORK/err")"
+    return
+  fi
+  if [ "$code" -eq 1 ] && [ "$(wc -l <"$WORK/err")" -ne 1 ]; then
+    bad "$*: error message is not one line: $(cat "$WORK/err")"
+    return
+  fi
+  ok
+}
+
+W=$FIXTURES/resnet50_64/weights.safetensors
+IMG=$SRC/data/sample/sample.png
+
+# --- usage and info
+expect 0 "" -- "$ISPLIT" --help
+expect 0 "" -- "$ISPLIT" info --model resnet50
+grep -q "layer4.2" "$WORK/out" && ok || bad "info lacks layer4.2"
+expect 0 "" -- "$ISPLIT" info --model vgg16 --input-size 64 --all --json
+$PY -c "import json,sys; d=json.load(open('$WORK/out')); assert len(d['cut_points'])==31, d" && ok || bad "info --json"
+expect 2 "model" -- "$ISPLIT" info
+expect 2 "" -- "$ISPLIT" info --model alexnet
+expect 2 "" -- "$ISPLIT" info --model vgg16 --input-size 16
+expect 2 "" -- "$ISPLIT" frobnicate
+expect 2 "" -- "$ISPLIT" predict --model resnet50 "$IMG"
+
+# --- predict equals PyTorch (weights exported by tools/, image decoded and resized by both)
+expect 0 "" -- "$ISPLIT" predict --model resnet50 --weights "$W" --input-size 64 \
+  --logits "$WORK/ours.csv" "$IMG"
+grep -q "class" "$WORK/out" && ok || bad "predict prints no classes"
+$PY "$SRC/tools/torch_predict.py" --model resnet50 --weights "$W" --input-size 64 \
+  --logits "$WORK/torch.csv" "$IMG" && ok || bad "torch_predict.py failed"
+$PY "$SRC/tools/compare_logits.py" "$WORK/ours.csv" "$WORK/torch.csv" 1e-4 && ok || bad "logits differ from PyTorch"
+head -1 "$WORK/ours.csv" | grep -q "^file,logit_0,.*,logit_9$" && ok || bad "logits CSV header"
+
+# The full-size case: 1000-class ResNet-50 and VGG16 at 224x224 (the sample is 224x224;
+# the ResNet-50 run also feeds a 64x64 copy so that both resize paths are compared).
+for arch in resnet50 vgg16; do
+  W224=$FIXTURES/${arch}_224/weights.safetensors
+  expect 0 "" -- "$ISPLIT" predict --model $arch --weights "$W224" --topk 5 \
+    --logits "$WORK/ours224.csv" "$IMG" "$SRC/tests/data/small.png"
+  $PY "$SRC/tools/torch_predict.py" --model $arch --weights "$W224" \
+    --logits "$WORK/torch224.csv" "$IMG" "$SRC/tests/data/small.png" && ok || bad "torch_predict.py $arch failed"
+  $PY "$SRC/tools/compare_logits.py" "$WORK/ours224.csv" "$WORK/torch224.csv" 1e-4 && ok || bad "$arch 224 logits differ from PyTorch"
+done
+
+# --- bad weights files: exit 1, one line naming the file and the tensor
+printf 'abc' >"$WORK/short.safetensors"
+expect 1 "short.safetensors" -- "$ISPLIT" predict --model resnet50 --weights "$WORK/short.safetensors" "$IMG"
+$PY - "$WORK" "$W" "$SRC/tools" <<'PYEOF'
+import struct, sys
+sys.path.insert(0, sys.argv[3])
+import torch
+from safetensors_io import read_safetensors, write_safetensors
+work, src = sys.argv[1], sys.argv[2]
+state = read_safetensors(src)
+# header length far larger than the file
+with open(f"{work}/huge.safetensors", "wb") as f:
+    f.write(struct.pack("<Q", 1 << 60) + b"{}")
+missing = dict(state); del missing["layer3.5.bn2.running_var"]
+write_safetensors(f"{work}/missing.safetensors", missing)
+extra = dict(state); extra["layer9.weight"] = torch.zeros(3)
+write_safetensors(f"{work}/extra.safetensors", extra)
+wrong = dict(state); wrong["conv1.weight"] = torch.zeros(64, 3, 5, 5)
+write_safetensors(f"{work}/wrong.safetensors", wrong)
+dtype = dict(state); dtype["fc.bias"] = dtype["fc.bias"].double()
+write_safetensors(f"{work}/dtype.safetensors", dtype)
+PYEOF
+expect 1 "huge.safetensors.*header" -- "$ISPLIT" predict --model resnet50 --weights "$WORK/huge.safetensors" "$IMG"
+expect 1 "missing.safetensors.*layer3.5.bn2.running_var.*missing" -- "$ISPLIT" predict --model resnet50 --weights "$WORK/missing.safetensors" "$IMG"
+expect 1 "extra.safetensors.*layer9.weight" -- "$ISPLIT" predict --model resnet50 --weights "$WORK/extra.safetensors" "$IMG"
+expect 1 "wrong.safetensors.*conv1.weight.*shape" -- "$ISPLIT" predict --model resnet50 --weights "$WORK/wrong.safetensors" "$IMG"
+expect 1 "dtype.safetensors.*fc.bias.*dtype" -- "$ISPLIT" predict --model resnet50 --weights "$WORK/dtype.safetensors" "$IMG"
+expect 1 "nonexistent.safetensors" -- "$ISPLIT" predict --model resnet50 --weights "$WORK/nonexistent.safetensors" "$IMG"
+expect 1 "classifier.6.weight.*missing" -- "$ISPLIT" predict --model vgg16 --weights "$W" "$IMG"
+
+# --- bad images and options
+printf 'not an image' >"$WORK/bad.png"
+expect 1 "bad.png" -- "$ISPLIT" predict --model resnet50 --weights "$W" --input-size 64 "$WORK/bad.png"
+expect 1 "nothere.jpg" -- "$ISPLIT" predict --model resnet50 --weights "$W" --input-size 64 "$WORK/nothere.jpg"
+expect 1 "--std" -- "$ISPLIT" predict --model resnet50 --weights "$W" --std 1,0,1 "$IMG"
+expect 1 "--mean" -- "$ISPLIT" predict --model resnet50 --weights "$W" --mean 1,2 "$IMG"
+expect 1 "x.csv" -- "$ISPLIT" predict --model resnet50 --weights "$W" --input-size 64 --logits "$WORK/no/dir/x.csv" "$IMG"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
