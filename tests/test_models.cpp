@@ -1,0 +1,170 @@
+// Model structure: torchvision names and counts, cut points, input sizes, save/load,
+// BatchNorm folding, stopping at a cut point, thread-count independence.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "engine/parallel.h"
+#include "engine/safetensors.h"
+#include "models/model.h"
+
+using namespace isplit;
+
+namespace {
+
+Tensor random_tensor(const Shape& shape, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  Tensor t = Tensor::empty(shape);
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = dist(rng);
+  return t;
+}
+
+// Gives BatchNorm non-trivial statistics so that folding has something to fold.
+void randomise_batchnorm(Model& m) {
+  std::mt19937_64 rng(3);
+  std::uniform_real_distribution<float> u(0.5f, 1.5f);
+  for (auto& [name, p] : m.named_parameters()) {
+    if (name.find("bn") == std::string::npos && name.find("downsample.1") == std::string::npos)
+      continue;
+    for (int64_t i = 0; i < p->value.numel(); ++i)
+      p->value[i] = name.find("running_mean") != std::string::npos || name.find("bias") != std::string::npos
+                        ? u(rng) - 1.0f
+                        : u(rng);
+  }
+}
+
+double max_rel(const Tensor& a, const Tensor& b) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    num = std::max(num, double(std::fabs(a[i] - b[i])));
+    den = std::max(den, double(std::fabs(b[i])));
+  }
+  return num / den;
+}
+
+}  // namespace
+
+TEST_SUITE("models") {
+  TEST_CASE("torchvision parameter names and counts") {
+    auto vgg = build_model("vgg16", 1000);
+    auto res = build_model("resnet50", 1000);
+    CHECK(vgg->parameter_count() == 138357544);  // torchvision vgg16
+    CHECK(res->parameter_count() == 25557032);   // torchvision resnet50
+    CHECK(vgg->named_parameters().size() == 32);
+    CHECK(res->named_parameters().size() == 267);  // state_dict() minus num_batches_tracked
+    auto names = res->named_parameters();
+    CHECK(names.front().first == "conv1.weight");
+    CHECK(names[1].first == "bn1.weight");
+    CHECK(names.back().first == "fc.bias");
+    bool found = false;
+    for (auto& [n, p] : names) found = found || (n == "layer3.5.bn2.running_var" && p->is_buffer);
+    CHECK(found);
+    CHECK(vgg->named_parameters().back().first == "classifier.6.bias");
+    CHECK(build_model("vgg16", 7)->named_parameters().back().second->value.dim(0) == 7);
+    CHECK_THROWS_AS(build_model("alexnet", 10), Error);
+    CHECK_THROWS_AS(build_model("vgg16", 0), Error);
+  }
+
+  TEST_CASE("cut points follow DESIGN.md") {
+    auto vgg = build_model("vgg16", 10);
+    auto res = build_model("resnet50", 10);
+    CHECK(vgg->cut_points(true).size() == 31);
+    CHECK(vgg->cut_points(false).size() == 18);
+    CHECK(res->cut_points(true).size() == 20);
+    CHECK(res->cut_points(false).size() == 18);
+    CHECK(vgg->cut_points(false).front().name == "features.1");
+    CHECK(vgg->cut_points(false).back().name == "features.30");
+    CHECK(res->cut_points(true).front().name == "conv1");
+    CHECK(res->cut_points(false).front().name == "relu");
+    CHECK(res->cut_points(false).back().name == "layer4.2");
+  }
+
+  TEST_CASE("any input size from 32, shapes as torchvision") {
+    for (const char* arch : {"vgg16", "resnet50"}) {
+      auto m = build_model(arch, 10);
+      for (int64_t size : {32, 45, 64}) {
+        INFO(arch << " at " << size);
+        Tensor y = m->predict(random_tensor({2, 3, size, size}, 1));
+        CHECK(y.shape() == Shape{2, 10});
+        for (int64_t i = 0; i < y.numel(); ++i) REQUIRE(std::isfinite(y[i]));
+      }
+    }
+    auto res = build_model("resnet50", 10);
+    auto info = res->stage_info({1, 3, 224, 224});
+    for (auto& s : info)
+      if (s.name == "layer3.5") CHECK(s.out_shape == Shape{1, 1024, 14, 14});
+    auto vgg = build_model("vgg16", 10);
+    for (auto& s : vgg->stage_info({1, 3, 64, 64}))
+      if (s.name == "avgpool") CHECK(s.out_shape == Shape{1, 512, 7, 7});
+    CHECK_THROWS_AS(res->predict(random_tensor({1, 1, 64, 64}, 1)), Error);
+  }
+
+  TEST_CASE("stop_after returns the cut point's output") {
+    auto m = build_model("resnet50", 10);
+    Tensor x = random_tensor({1, 3, 64, 64}, 2);
+    Tensor seen;
+    m->forward(nullptr, Var{x}, [&](const std::string& n, const Var& v) {
+      if (n == "layer2.1") seen = v.value.clone();
+    });
+    Var head = m->forward(nullptr, Var{x}, nullptr, "layer2.1");
+    REQUIRE(head.value.shape() == seen.shape());
+    CHECK(max_rel(head.value, seen) == 0.0);
+    CHECK_THROWS_AS(m->forward(nullptr, Var{x}, nullptr, "layer9.9"), Error);
+  }
+
+  TEST_CASE("save and load round trip") {
+    const auto dir = std::filesystem::temp_directory_path() / ("isplit_models_" + std::to_string(getpid()));
+    std::filesystem::create_directories(dir);
+    auto a = build_model("resnet50", 10, 11);
+    randomise_batchnorm(*a);
+    a->save((dir / "w.safetensors").string());
+    auto b = load_model("resnet50", (dir / "w.safetensors").string());
+    CHECK(b->num_classes() == 10);
+    Tensor x = random_tensor({1, 3, 48, 48}, 4);
+    CHECK(max_rel(b->predict(x), a->predict(x)) == 0.0);
+    CHECK_THROWS_AS(load_model("vgg16", (dir / "w.safetensors").string()), Error);
+    std::filesystem::remove_all(dir);
+  }
+
+  TEST_CASE("folded BatchNorm gives the unfolded outputs") {
+    auto m = build_model("resnet50", 10, 5);
+    randomise_batchnorm(*m);
+    Tensor x = random_tensor({2, 3, 64, 64}, 6);
+    Tensor ref = m->predict(x);
+    m->fold_batchnorm();
+    CHECK(m->folded());
+    CHECK(max_rel(m->predict(x), ref) < 1e-4);
+    CHECK_FALSE(m->has_cut_point("conv1"));  // folded into bn1: no longer observable
+    CHECK(m->has_cut_point("bn1"));
+    m->set_training(true);
+    CHECK_THROWS_AS(m->predict(x), Error);
+  }
+
+  TEST_CASE("results do not depend on the thread count") {
+    auto m = build_model("resnet50", 10, 8);
+    Tensor x = random_tensor({2, 3, 64, 64}, 9);
+    auto run = [&](int threads) {
+      set_num_threads(threads);
+      Tape tape = Tape::activations_only();
+      Var cut;
+      Var out = m->forward(&tape, tape.input(x), [&](const std::string& n, const Var& v) {
+        if (n == "layer1.0") cut = v;
+      });
+      Tensor seed = Tensor::zeros(out.value.shape());
+      seed[3] = 1.0f;
+      tape.backward(out, seed);
+      return std::make_pair(out.value.clone(), tape.grad(cut).clone());
+    };
+    auto one = run(1);
+    auto two = run(2);
+    set_num_threads(0);
+    // Forward and activation gradients: bitwise equal (every reduction has a fixed order).
+    CHECK(max_rel(one.first, two.first) == 0.0);
+    CHECK(max_rel(one.second, two.second) == 0.0);
+  }
+}
