@@ -11,6 +11,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "apps/analyze.h"
 #include "data/image.h"
 #include "engine/cpu.h"
 #include "engine/parallel.h"
@@ -222,6 +223,40 @@ int main(int argc, char** argv) {
   predict->add_option("--labels", labels, "class names, one per line");
   predict->add_option("images", images, "image files (PNG, JPEG, BMP, ...)")->required();
 
+  AnalyzeArgs an;
+  std::string an_mean, an_std;
+  auto* analyze = app.add_subcommand("analyze", "I-SPLIT: importance per layer, CUI curves and split candidates");
+  analyze->add_option("--model", an.model, "vgg16 or resnet50")->required()->check(CLI::IsMember({"vgg16", "resnet50"}));
+  analyze->add_option("--weights", an.weights, "weights (.safetensors, torchvision names)")->required();
+  analyze->add_option("--data", an.data, "image folder, Tiny-ImageNet root, or IDX image file (.gz ok)")->required();
+  analyze->add_option("--split", an.split, "Tiny-ImageNet / folder split (train, val)");
+  analyze->add_option("--out", an.out, "output directory")->required();
+  analyze->add_option("--target", an.target, "score differentiated: predicted class or ground-truth label")
+      ->check(CLI::IsMember({"predicted", "label"}));
+  analyze->add_option("--classes", an.classes, "restrict to these labels, e.g. 3,5,7");
+  analyze->add_option("--points", an.points, "default (transmittable tensors) or all module outputs")
+      ->check(CLI::IsMember({"default", "all"}));
+  analyze->add_option("--method", an.method, "gradcam, gradcam++, layercam or xgradcam")
+      ->check(CLI::IsMember({"gradcam", "gradcam++", "layercam", "xgradcam"}));
+  analyze->add_option("--relu-grad", an.relu_grad, "post: gradient of the layer output; pre: before its ReLU (authors' hooks)")
+      ->check(CLI::IsMember({"post", "pre"}));
+  analyze->add_option("--limit", an.limit, "first N images only")->check(CLI::NonNegativeNumber);
+  analyze->add_option("--batch", an.batch, "images per forward/backward pass")->check(CLI::Range(1, 4096));
+  analyze->add_option("--input-size", an.input_size, "input height and width (>= 32)")->check(CLI::Range(32, 4096));
+  analyze->add_option("--num-classes", an.num_classes, "classifier width (default: from the weights)")->check(CLI::PositiveNumber);
+  analyze->add_option("--mean", an_mean, "normalisation mean a,b,c (default ImageNet)");
+  analyze->add_option("--std", an_std, "normalisation std a,b,c (default ImageNet)");
+  analyze->add_option("--shard", an.shard, "K/N: analyse every N-th image from the K-th, write a partial file");
+  analyze->add_option("--decode-threads", an.decode_threads, "image decoding threads (default: cores)")->check(CLI::Range(0, 64));
+  int an_threads = 0;
+  analyze->add_option("--threads", an_threads, "worker threads (default: all cores)")->check(CLI::Range(0, 1024));
+
+  std::vector<std::string> merge_parts;
+  std::string merge_out;
+  auto* merge = app.add_subcommand("merge", "combine partial files of sharded analyze runs");
+  merge->add_option("parts", merge_parts, "partial-K-of-N.json files")->required();
+  merge->add_option("--out", merge_out, "output directory")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -233,6 +268,13 @@ int main(int argc, char** argv) {
       set_num_threads(info_opts.threads);
       return run_info(info_opts, info_all, info_json);
     }
+    if (*analyze) {
+      set_num_threads(an_threads);
+      if (!an_mean.empty()) parse_triple(an_mean, "--mean", an.norm.mean);
+      if (!an_std.empty()) parse_triple(an_std, "--std", an.norm.std);
+      return run_analyze(an);
+    }
+    if (*merge) return run_merge(merge_parts, merge_out);
     if (*predict) {
       set_num_threads(pred_opts.threads);
       return run_predict(pred_opts, weights, mean, stdev, topk, logits_csv, labels, images);

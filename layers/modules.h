@@ -20,6 +20,12 @@ class Module {
   virtual ~Module() = default;
   // Runs the layer on x; with a tape, records the backward.
   virtual Var forward(Tape* tape, const Var& x) = 0;
+  // Like forward; when the module's output is a ReLU's output, *pre_relu receives that
+  // ReLU's input (what hooks on PyTorch's in-place ReLUs see the gradient of).
+  virtual Var forward_pre_relu(Tape* tape, const Var& x, Var* pre_relu) {
+    *pre_relu = Var();
+    return forward(tape, x);
+  }
   // Output shape for an input shape (no computation).
   virtual Shape out_shape(const Shape& in) const { return in; }
   // Multiply-add count x2 (FLOPs) of one forward for an input shape.
@@ -92,6 +98,10 @@ class BatchNorm2d : public Module {
 class ReLU : public Module {
  public:
   Var forward(Tape* tape, const Var& x) override { return relu(tape, x); }
+  Var forward_pre_relu(Tape* tape, const Var& x, Var* pre_relu) override {
+    *pre_relu = x;
+    return relu(tape, x);
+  }
   double flops(const Shape& in) const override { return double(shape_numel(in)); }
 };
 

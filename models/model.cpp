@@ -17,14 +17,21 @@ void Model::add(std::string name, std::unique_ptr<Module> m, bool cut, bool dflt
 
 Var Model::forward(Tape* tape, const Var& x, const Observer& observe,
                    const std::string& stop_after) {
+  return forward(tape, x, observe, stop_after, nullptr);
+}
+
+Var Model::forward(Tape* tape, const Var& x, const Observer& observe,
+                   const std::string& stop_after, const Observer& observe_pre_relu) {
   if (x.value.ndim() != 4 || x.value.dim(1) != 3)
     throw Error(arch_ + ": expected input [N, 3, H, W], got " + shape_str(x.value.shape()));
   if (!stop_after.empty() && !has_cut_point(stop_after))
     throw Error(arch_ + ": unknown cut point '" + stop_after + "'");
   Var v = x;
   for (Stage& s : stages_) {
-    v = s.module->forward(tape, v);
+    Var pre;
+    v = s.module->forward_pre_relu(tape, v, &pre);
     if (s.cut && !s.hidden) {
+      if (observe_pre_relu && pre.value.defined()) observe_pre_relu(s.name, pre);
       if (observe) observe(s.name, v);
       if (s.name == stop_after) return v;
     }

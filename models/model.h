@@ -43,6 +43,11 @@ class Model {
   // for every cut point output; with stop_after, returns that cut point's output.
   Var forward(Tape* tape, const Var& x, const Observer& observe = nullptr,
               const std::string& stop_after = "");
+  // forward that also reports, for cut points whose output is a ReLU's output, that
+  // ReLU's input (observe_pre_relu(name, input)); the authors' hooks on torchvision's
+  // in-place ReLUs see the gradient of that tensor.
+  Var forward(Tape* tape, const Var& x, const Observer& observe, const std::string& stop_after,
+              const Observer& observe_pre_relu);
   // Inference convenience: logits [N, classes] of a batch.
   Tensor predict(const Tensor& x);
 

@@ -30,11 +30,17 @@ class Bottleneck : public Module {
   }
 
   Var forward(Tape* tape, const Var& x) override {
+    Var pre;
+    return forward_pre_relu(tape, x, &pre);
+  }
+
+  Var forward_pre_relu(Tape* tape, const Var& x, Var* pre_relu) override {
     Var out = relu(tape, bn1_.forward(tape, conv1_.forward(tape, x)));
     out = relu(tape, bn2_.forward(tape, conv2_.forward(tape, out)));
     out = bn3_.forward(tape, conv3_.forward(tape, out));
     Var identity = ds_conv_ ? ds_bn_->forward(tape, ds_conv_->forward(tape, x)) : x;
-    return relu(tape, add(tape, out, identity));
+    *pre_relu = add(tape, out, identity);
+    return relu(tape, *pre_relu);
   }
 
   Shape out_shape(const Shape& in) const override {
