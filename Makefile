@@ -23,12 +23,17 @@ $(FIXTURES)/.stamp: tools/make_fixtures.py tools/safetensors_io.py
 
 fixtures: deps $(FIXTURES)/.stamp
 
-# The main job on its built-in default: describe ResNet-50's cut points, then classify the
-# bundled sample image with seeded weights exported by torchvision's own code.
+# The main job on its built-in default: ResNet-50's cut points, a prediction on the bundled
+# sample image, and the I-SPLIT analysis of Fashion-MNIST's test images (Debian's
+# dataset-fashion-mnist) into $(BUILD)/analysis. Weights: seeded, exported by torchvision's
+# own code, until trained weights exist.
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 run: build $(BUILD)/demo/resnet50.safetensors
 	$(BUILD)/isplit info --model resnet50
 	$(BUILD)/isplit predict --model resnet50 --weights $(BUILD)/demo/resnet50.safetensors \
 	  data/sample/sample.png
+	$(BUILD)/isplit analyze --model resnet50 --weights $(BUILD)/demo/resnet50.safetensors \
+	  --data $(FMNIST) --input-size 64 --limit 500 --out $(BUILD)/analysis
 
 $(BUILD)/demo/resnet50.safetensors: tools/export_torchvision.py
 	mkdir -p $(BUILD)/demo

@@ -3,7 +3,7 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config
           doctest-dev libbenchmark-dev libstb-dev nlohmann-json3-dev libcli11-dev zlib1g-dev
-          python3-torch python3-torchvision python3-numpy python3-pil)
+          python3-torch python3-torchvision python3-numpy python3-pil dataset-fashion-mnist)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
