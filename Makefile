@@ -17,8 +17,10 @@ build: deps
 	cmake --build $(BUILD) -j $(JOBS)
 
 # PyTorch reference fixtures for the conformance tests (regenerated when the script changes).
-$(FIXTURES)/.stamp: tools/make_fixtures.py tools/safetensors_io.py
+$(FIXTURES)/.stamp: tools/make_fixtures.py tools/safetensors_io.py tools/isplit_reference.py \
+                    tools/make_analysis_fixtures.py
 	$(PY) tools/make_fixtures.py --out $(FIXTURES)
+	$(PY) tools/make_analysis_fixtures.py --out $(FIXTURES)
 	touch $@
 
 fixtures: deps $(FIXTURES)/.stamp

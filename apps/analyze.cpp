@@ -128,6 +128,7 @@ int run_analyze(const AnalyzeArgs& a) {
     std::vector<int64_t> idx(batch.indices.begin(), batch.indices.end());
     acc.add_batch(batch.images, batch.labels, idx);
     done += static_cast<long>(batch.indices.size());
+    loader.recycle(std::move(batch));  // the accumulator keeps no reference to the images
     progress.update(done + static_cast<long>(loader.skipped()));
   }
   progress.finish();

@@ -86,7 +86,13 @@ void BatchLoader::worker() {
         Pending& p = pending_[b];
         if (p.slots.empty()) {
           const size_t len = batch_len(b);
-          p.images = Tensor::empty({static_cast<int64_t>(len), 3, S, S});
+          const Shape shape{static_cast<int64_t>(len), 3, S, S};
+          if (!free_images_.empty() && free_images_.back().shape() == shape) {
+            p.images = std::move(free_images_.back());
+            free_images_.pop_back();
+          } else {
+            p.images = Tensor::empty(shape);
+          }
           p.slots.resize(len);
           p.remaining = len;
         }
@@ -180,6 +186,16 @@ bool BatchLoader::next(Batch& out) {
     out = std::move(batch);
     return true;
   }
+}
+
+void BatchLoader::recycle(Batch&& batch) {
+  const int64_t S = input_size_;
+  const Shape full{static_cast<int64_t>(batch_size_), 3, S, S};
+  Tensor t = std::move(batch.images);
+  batch = Batch{};
+  if (!t.defined() || t.shape() != full) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (free_images_.size() < kBatchesAhead + 1) free_images_.push_back(std::move(t));
 }
 
 size_t BatchLoader::skipped() const {

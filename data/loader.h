@@ -44,6 +44,11 @@ class BatchLoader {
   // has been handed out. Samples that fail to load are left out of their batch (a batch
   // whose samples all fail is skipped), counted by skipped() and reported by errors().
   bool next(Batch& out);
+  // Optionally hands a batch's tensor back for reuse by a later batch, sparing fresh memory
+  // (first touches of new pages dominate the loader's cost). Only call it when nothing else
+  // refers to batch.images any more (no copies or views kept); batches that lost samples
+  // are not reused.
+  void recycle(Batch&& batch);
   // Number of samples that failed to load or preprocess so far (in batches handed out).
   size_t skipped() const;
   // The first kMaxStoredErrors failure messages ("<source>: <reason>"), in index order.
@@ -83,6 +88,7 @@ class BatchLoader {
   size_t next_claim_ = 0;  // next position in indices_ a worker takes
   size_t consumed_ = 0;    // batches handed out (or skipped) so far
   std::map<size_t, Pending> pending_;
+  std::vector<Tensor> free_images_;  // recycled full-size batch tensors
   size_t skipped_ = 0;
   std::vector<std::string> errors_;
   std::vector<std::thread> threads_;

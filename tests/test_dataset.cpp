@@ -463,6 +463,23 @@ TEST_CASE("batch loader: idx batches, stop mid-stream, bad arguments") {
     CHECK_FALSE(loader.next(b));
   }
   {
+    // Recycled batch tensors give the same batches as fresh ones.
+    BatchLoader fresh(*ds, idx, 6, 5, Normalize{}, 2);
+    BatchLoader reuse(*ds, idx, 6, 5, Normalize{}, 3);
+    Batch a, b;
+    size_t batches = 0;
+    while (fresh.next(a)) {
+      REQUIRE(reuse.next(b));
+      CHECK(a.indices == b.indices);
+      REQUIRE(a.images.shape() == b.images.shape());
+      CHECK(std::equal(a.images.data(), a.images.data() + a.images.numel(), b.images.data()));
+      reuse.recycle(std::move(b));
+      ++batches;
+    }
+    CHECK(batches == fresh.num_batches());
+    CHECK_FALSE(reuse.next(b));
+  }
+  {
     BatchLoader empty(*ds, {}, 4, 8, Normalize{}, 2);
     Batch b;
     CHECK_FALSE(empty.next(b));
