@@ -108,5 +108,46 @@ expect 1 "--std" -- "$ISPLIT" predict --model resnet50 --weights "$W" --std 1,0,
 expect 1 "--mean" -- "$ISPLIT" predict --model resnet50 --weights "$W" --mean 1,2 "$IMG"
 expect 1 "x.csv" -- "$ISPLIT" predict --model resnet50 --weights "$W" --input-size 64 --logits "$WORK/no/dir/x.csv" "$IMG"
 
+# --- analyze on real data: Fashion-MNIST's test set (Debian's dataset-fashion-mnist) via IDX
+FM=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+if [ -f "$FM" ]; then
+  A="$ISPLIT analyze --model resnet50 --weights $W --data $FM --input-size 32 --limit 40"
+  expect 0 "" -- $A --out "$WORK/an" --threads 1 --batch 8
+  for f in cui.csv cui_by_class.csv cui.svg cui_by_class.svg report.json; do
+    [ -s "$WORK/an/$f" ] && ok || bad "analyze did not write $f"
+  done
+  [ "$(wc -l <"$WORK/an/cui.csv")" -eq 19 ] && ok || bad "cui.csv should have 18 points"
+  $PY -c "
+import json; r = json.load(open('$WORK/an/report.json'))
+assert r['images'] == 40 and r['settings']['data_kind'] == 'idx', r['settings']
+assert len(r['by_class']) == 10 and r['global_maximum'] in r['candidates']
+" && ok || bad "report.json content"
+  # Two threads, other batch size: the same numbers.
+  expect 0 "" -- $A --out "$WORK/an2" --threads 2 --batch 5
+  cmp -s "$WORK/an/cui.csv" "$WORK/an2/cui.csv" && ok || bad "cui.csv differs between 1 and 2 threads"
+  # Sharded and merged: exactly the single run.
+  expect 0 "" -- $A --out "$WORK/parts" --shard 0/3
+  expect 0 "" -- $A --out "$WORK/parts" --shard 1/3
+  expect 0 "" -- $A --out "$WORK/parts" --shard 2/3
+  expect 0 "" -- "$ISPLIT" merge "$WORK"/parts/partial-*.json --out "$WORK/merged"
+  cmp -s "$WORK/an/cui.csv" "$WORK/merged/cui.csv" && ok || bad "merged cui.csv differs from the single run"
+  cmp -s "$WORK/an/cui_by_class.csv" "$WORK/merged/cui_by_class.csv" && ok || bad "merged cui_by_class.csv differs"
+  expect 1 "twice" -- "$ISPLIT" merge "$WORK"/parts/partial-0-of-3.json "$WORK"/parts/partial-0-of-3.json --out "$WORK/m2"
+  # A class subset: the report says how the candidates moved.
+  expect 0 "" -- $A --out "$WORK/sub" --classes 0,9
+  $PY -c "
+import json; r = json.load(open('$WORK/sub/report.json'))
+assert r['class_subset'] == [0, 9] and 'candidates_vs_all_classes' in r
+" && ok || bad "subset report"
+  expect 1 "class 12" -- $A --out "$WORK/bad" --classes 12
+else
+  echo "SKIP: $FM not installed (dataset-fashion-mnist)"
+fi
+mkdir -p "$WORK/empty/a"
+expect 1 "no images" -- "$ISPLIT" analyze --model resnet50 --weights "$W" --data "$WORK/empty" --out "$WORK/x"
+expect 1 "nowhere" -- "$ISPLIT" analyze --model resnet50 --weights "$W" --data "$WORK/nowhere" --out "$WORK/x"
+expect 2 "" -- "$ISPLIT" analyze --model resnet50 --weights "$W" --data "$WORK/empty" --out "$WORK/x" --method saliency
+expect 1 "shard" -- "$ISPLIT" analyze --model resnet50 --weights "$W" --data "$WORK/empty" --out "$WORK/x" --shard 3/2
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -233,7 +233,7 @@ for cuis, want in [([1, 2, 1], [0, 1, 0]), ([3, 2, 1], [1, 0, 0]), ([1, 2, 3], [
 
 # ---- the matrix ---------------------------------------------------------------------------
 for arch, nall in (("resnet50", 20), ("vgg16", 31)):
-    ta = time.time()
+    ta, before = time.time(), len(failures)
     ref = independent(arch, "predicted")
     res = {}
     worst = 0.0
@@ -301,7 +301,8 @@ for arch, nall in (("resnet50", 20), ("vgg16", 31)):
         dworst = max(rel(dbl["cui"][p], c) for p, c in res[("gradcam", "post")]["cui"].items())
         check(dworst < 1e-3, f"{arch}: float64 vs float32 differ by {dworst:.2e}")
         dworst = f"{dworst:.1e}"
-    print(f"{arch}: ok ({time.time() - ta:.0f} s); independent implementation max rel "
+    status = "ok" if len(failures) == before else f"{len(failures) - before} FAILED"
+    print(f"{arch}: {status} ({time.time() - ta:.0f} s); independent implementation max rel "
           f"{worst:.1e}, batch 1 vs 4 max rel {bworst:.1e}, float64 vs float32 max rel "
           f"{dworst}", flush=True)
 

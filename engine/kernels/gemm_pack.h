@@ -201,7 +201,14 @@ void gemm_packed_oriented(const GemmArgs& g) {
 // depends on the block shape - never changes a result.
 template <class Kern>
 void gemm_packed(const GemmArgs& g) {
-  if (g.m <= 0 || g.n <= 0 || g.k <= 0) return;
+  if (g.m <= 0 || g.n <= 0) return;
+  if (g.k <= 0) {
+    // Empty sum: C = beta * C (beta == 0 writes zeros without reading C).
+    for (int64_t i = 0; i < g.m; ++i)
+      for (int64_t j = 0; j < g.n; ++j)
+        g.c[i * g.ldc + j] = g.beta == 0.0f ? 0.0f : g.beta * g.c[i * g.ldc + j];
+    return;
+  }
   if constexpr (Kern::ALLOW_TRANSPOSED) {
     const double eff_n = lane_efficiency(g.n, Kern::VL), eff_m = lane_efficiency(g.m, Kern::VL);
     if (eff_m > eff_n + 0.08 && g.n < 4 * Kern::NR) {
