@@ -1,6 +1,8 @@
 #include "engine/tensor.h"
 
 #include <cstdlib>
+#include <mutex>
+#include <unordered_map>
 #include <cstring>
 #include <limits>
 #include <sstream>
@@ -10,15 +12,75 @@ namespace isplit {
 namespace {
 constexpr size_t kAlign = 64;
 
+// A cache of freed blocks, by exact (rounded) size. Fresh pages cost a page fault each on
+// first touch, which on some machines makes writing new memory an order of magnitude
+// slower than reusing it; a network allocates the same sizes on every pass, so freed
+// blocks are kept for the next request of that size, up to a bound.
+class BlockCache {
+ public:
+  static BlockCache& instance() {
+    static BlockCache* cache = new BlockCache();  // never destroyed: tensors may outlive main
+    return *cache;
+  }
+  void* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(bytes);
+      if (it != free_.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        cached_ -= bytes;
+        return p;
+      }
+    }
+    return std::aligned_alloc(kAlign, bytes);
+  }
+  void give(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (bytes < kMinCached || cached_ + bytes > limit_) {
+      std::free(p);
+      return;
+    }
+    free_[bytes].push_back(p);
+    cached_ += bytes;
+  }
+  void set_limit(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    limit_ = bytes;
+    for (auto& [size, blocks] : free_)
+      while (cached_ > limit_ && !blocks.empty()) {
+        std::free(blocks.back());
+        blocks.pop_back();
+        cached_ -= size;
+      }
+  }
+  size_t cached() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return cached_;
+  }
+
+ private:
+  static constexpr size_t kMinCached = 64 * 1024;  // small blocks: malloc reuses them well
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  size_t cached_ = 0;
+  size_t limit_ = size_t{1} << 30;
+};
+
 std::shared_ptr<float> allocate(int64_t numel) {
   size_t bytes = static_cast<size_t>(numel) * sizeof(float);
   bytes = (bytes + kAlign - 1) / kAlign * kAlign;
   if (bytes == 0) bytes = kAlign;
-  void* p = std::aligned_alloc(kAlign, bytes);
+  void* p = BlockCache::instance().take(bytes);
   if (!p) throw Error("out of memory allocating " + std::to_string(bytes) + " bytes");
-  return std::shared_ptr<float>(static_cast<float*>(p), [](float* q) { std::free(q); });
+  return std::shared_ptr<float>(static_cast<float*>(p),
+                                [bytes](float* q) { BlockCache::instance().give(q, bytes); });
 }
 }  // namespace
+
+void set_tensor_cache_limit(size_t bytes) { BlockCache::instance().set_limit(bytes); }
+
+size_t tensor_cache_bytes() { return BlockCache::instance().cached(); }
 
 int64_t shape_numel(const Shape& shape) {
   int64_t n = 1;

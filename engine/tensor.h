@@ -71,6 +71,11 @@ class Tensor {
   int64_t numel_ = 0;
 };
 
+// Bounds the bytes of freed tensor storage kept for reuse (default 1 GiB; 0 disables).
+void set_tensor_cache_limit(size_t bytes);
+// Bytes of freed tensor storage currently kept for reuse.
+size_t tensor_cache_bytes();
+
 // Throws Error naming `what` when the tensor's shape differs from `expected`.
 void check_shape(const Tensor& t, const Shape& expected, const std::string& what);
 

@@ -123,7 +123,7 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* b, const C
   const int64_t g = s.groups, cin_g = s.in_channels / g, cout_g = s.out_channels / g;
   const int64_t k = cin_g * s.kh * s.kw, hw = oh * ow;
   const bool direct = is_pointwise(s);
-  std::vector<float> col(direct ? 0 : static_cast<size_t>(k * hw));
+  Tensor col = Tensor::empty({direct ? 0 : k * hw});  // scratch, from the block cache
   for (int64_t img = 0; img < n; ++img) {
     for (int64_t gi = 0; gi < g; ++gi) {
       const float* xg = x.data() + (img * s.in_channels + gi * cin_g) * h * wd;
@@ -186,7 +186,7 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s
   const int64_t g = s.groups, cin_g = s.in_channels / g, cout_g = s.out_channels / g;
   const int64_t k = cin_g * s.kh * s.kw;
   const bool direct = is_pointwise(s);
-  std::vector<float> col(direct ? 0 : static_cast<size_t>(k * hw));
+  Tensor col = Tensor::empty({direct ? 0 : k * hw});  // scratch, from the block cache
   for (int64_t img = 0; img < n; ++img)
     for (int64_t gi = 0; gi < g; ++gi) {
       const float* gyg = gy.data() + (img * s.out_channels + gi * cout_g) * hw;
@@ -213,7 +213,7 @@ void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dSpec&
   if (gw) {
     check_shape(*gw, {s.out_channels, cin_g, s.kh, s.kw}, "conv2d weight gradient");
     const bool direct = is_pointwise(s);
-    std::vector<float> col(direct ? 0 : static_cast<size_t>(k * hw));
+    Tensor col = Tensor::empty({direct ? 0 : k * hw});  // scratch, from the block cache
     for (int64_t img = 0; img < n; ++img)
       for (int64_t gi = 0; gi < g; ++gi) {
         const float* xg = x.data() + (img * s.in_channels + gi * cin_g) * h * wd;

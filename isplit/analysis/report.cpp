@@ -40,7 +40,7 @@ std::string xml_escape(const std::string& s) {
 
 // Plot geometry shared by both figures.
 struct Frame {
-  double left = 80, right = 90, top = 50, bottom = 130, width = 0, height = 420;
+  double left = 80, right = 90, top = 66, bottom = 130, width = 0, height = 440;
   double plot_w() const { return width - left - right; }
   double plot_h() const { return height - top - bottom; }
 };
@@ -174,7 +174,13 @@ std::string cui_svg(const CuiResult& r, const std::string& title, const CuiResul
   axis_and_labels(os, f, r, y, "log10 CUI");
   // CDE: output size per point on the right axis (log scale).
   os << polyline(bytes, f, yb, "stroke='#999' stroke-dasharray='5,4' stroke-width='1.5'");
-  for (double t = std::ceil(yb.lo); t <= yb.hi; t += 1.0) {
+  std::vector<double> ticks;
+  for (double d = std::floor(yb.lo); d <= std::ceil(yb.hi); d += 1.0)
+    for (double m : {1.0, 2.0, 5.0}) {
+      const double t = d + std::log10(m);
+      if (t >= yb.lo && t <= yb.hi) ticks.push_back(t);
+    }
+  for (double t : ticks) {
     const double py = f.top + f.plot_h() * (1 - (t - yb.lo) / (yb.hi - yb.lo));
     const double v = std::pow(10.0, t);
     const char* unit = v >= 1e6 ? " MB" : v >= 1e3 ? " kB" : " B";
@@ -202,22 +208,28 @@ std::string cui_svg(const CuiResult& r, const std::string& title, const CuiResul
       os << "<circle cx='" << px << "' cy='" << py << "' r='2.5' fill='#08519c'/>\n";
     }
   }
-  // Legend.
-  const double lx = f.left + 10, ly = f.top + 10;
-  os << "<g font-size='11'><rect x='" << lx << "' y='" << ly << "' width='210' height='"
-     << (reference ? 76 : 62) << "' fill='white' stroke='#ccc'/>\n"
-     << "<line x1='" << lx + 8 << "' x2='" << lx + 32 << "' y1='" << ly + 14 << "' y2='" << ly + 14
-     << "' stroke='#08519c' stroke-width='2.5'/><text x='" << lx + 38 << "' y='" << ly + 18
-     << "'>log10 CUI</text>\n"
-     << "<circle cx='" << lx + 20 << "' cy='" << ly + 30 << "' r='5' fill='#ff7f0e' stroke='black'/>"
-     << "<text x='" << lx + 38 << "' y='" << ly + 34 << "'>candidate (red: global max)</text>\n"
-     << "<line x1='" << lx + 8 << "' x2='" << lx + 32 << "' y1='" << ly + 46 << "' y2='" << ly + 46
-     << "' stroke='#999' stroke-dasharray='5,4'/><text x='" << lx + 38 << "' y='" << ly + 50
+  // Legend: one row between the title and the plot, clear of the curves.
+  const double ly = 46;
+  double lx = f.left;
+  os << "<g font-size='11'>\n";
+  os << "<line x1='" << lx << "' x2='" << lx + 24 << "' y1='" << ly << "' y2='" << ly
+     << "' stroke='#08519c' stroke-width='2.5'/><text x='" << lx + 30 << "' y='" << ly + 4
+     << "'>log10 CUI</text>\n";
+  lx += 110;
+  os << "<circle cx='" << lx + 8 << "' cy='" << ly << "' r='5' fill='#ff7f0e' stroke='black'/>"
+     << "<text x='" << lx + 18 << "' y='" << ly + 4 << "'>candidate</text>\n";
+  lx += 95;
+  os << "<circle cx='" << lx + 8 << "' cy='" << ly << "' r='6' fill='#d62728' stroke='black'/>"
+     << "<text x='" << lx + 18 << "' y='" << ly + 4 << "'>global maximum</text>\n";
+  lx += 125;
+  os << "<line x1='" << lx << "' x2='" << lx + 24 << "' y1='" << ly << "' y2='" << ly
+     << "' stroke='#999' stroke-dasharray='5,4'/><text x='" << lx + 30 << "' y='" << ly + 4
      << "'>output bytes (CDE), right axis</text>\n";
+  lx += 200;
   if (reference)
-    os << "<line x1='" << lx + 8 << "' x2='" << lx + 32 << "' y1='" << ly + 62 << "' y2='"
-       << ly + 62 << "' stroke='#9ecae1' stroke-width='2'/><text x='" << lx + 38 << "' y='"
-       << ly + 66 << "'>all classes</text>\n";
+    os << "<line x1='" << lx << "' x2='" << lx + 24 << "' y1='" << ly << "' y2='" << ly
+       << "' stroke='#9ecae1' stroke-width='2'/><text x='" << lx + 30 << "' y='" << ly + 4
+       << "'>all classes</text>\n";
   os << "</g>\n</svg>\n";
   return os.str();
 }
