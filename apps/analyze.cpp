@@ -120,13 +120,13 @@ int run_analyze(const AnalyzeArgs& a) {
 
   ImportanceAccumulator acc(*model, options_of(a.method, a.target, a.relu_grad, a.points),
                             a.input_size);
+  acc.set_shard(shard_k, shard_n);
   BatchLoader loader(*dataset, indices, a.batch, a.input_size, a.norm, a.decode_threads);
   Progress progress("images", static_cast<long>(indices.size()));
   Batch batch;
   long done = 0;
   while (loader.next(batch)) {
-    std::vector<int64_t> idx(batch.indices.begin(), batch.indices.end());
-    acc.add_batch(batch.images, batch.labels, idx);
+    acc.add_batch(batch.images, batch.labels);
     done += static_cast<long>(batch.indices.size());
     loader.recycle(std::move(batch));  // the accumulator keeps no reference to the images
     progress.update(done + static_cast<long>(loader.skipped()));
@@ -208,6 +208,11 @@ int run_merge(const std::vector<std::string>& parts, const std::string& out) {
   const auto names = settings.value("class_names", std::vector<std::string>());
   settings.erase("class_names");
   settings["merged_parts"] = parts.size();
+  const auto& shards = acc.shards();
+  const int n = shards.empty() ? 1 : shards.begin()->second;
+  if (static_cast<int>(shards.size()) != n)
+    std::cerr << "isplit: warning: " << shards.size() << " of " << n
+              << " shards merged; the result covers only those images\n";
   write_outputs(out, acc, settings, nlohmann::json::object(), names, classes, skipped, {});
   return 0;
 }

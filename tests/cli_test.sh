@@ -132,7 +132,7 @@ assert len(r['by_class']) == 10 and r['global_maximum'] in r['candidates']
   expect 0 "" -- "$ISPLIT" merge "$WORK"/parts/partial-*.json --out "$WORK/merged"
   cmp -s "$WORK/an/cui.csv" "$WORK/merged/cui.csv" && ok || bad "merged cui.csv differs from the single run"
   cmp -s "$WORK/an/cui_by_class.csv" "$WORK/merged/cui_by_class.csv" && ok || bad "merged cui_by_class.csv differs"
-  expect 1 "twice" -- "$ISPLIT" merge "$WORK"/parts/partial-0-of-3.json "$WORK"/parts/partial-0-of-3.json --out "$WORK/m2"
+  expect 1 "already included" -- "$ISPLIT" merge "$WORK"/parts/partial-0-of-3.json "$WORK"/parts/partial-0-of-3.json --out "$WORK/m2"
   # A class subset: the report says how the candidates moved.
   expect 0 "" -- $A --out "$WORK/sub" --classes 0,9
   $PY -c "

@@ -50,11 +50,7 @@ void check_config(const std::string& arch, const std::string& config) {
   const Tensor x = data.get("input");
   const Tensor lab = data.get("labels");
   std::vector<int> labels;
-  std::vector<int64_t> indices;
-  for (int64_t i = 0; i < lab.numel(); ++i) {
-    labels.push_back(static_cast<int>(lab[i]));
-    indices.push_back(i);
-  }
+  for (int64_t i = 0; i < lab.numel(); ++i) labels.push_back(static_cast<int>(lab[i]));
   // config = method-target-relu-points[-classesA_B]
   std::vector<std::string> parts;
   std::stringstream ss(config);
@@ -70,7 +66,7 @@ void check_config(const std::string& arch, const std::string& config) {
     for (std::string c; std::getline(cs, c, '_');) classes.push_back(std::stoi(c));
   }
   ImportanceAccumulator acc(*model, opt, x.dim(2));
-  acc.add_batch(x, labels, indices);
+  acc.add_batch(x, labels);
   const CuiResult r = acc.result(classes);
 
   const auto ref = read_csv(dir + "/cui.csv");

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "engine/parallel.h"
+#include "isplit/analysis/report.h"
 
 namespace isplit {
 
@@ -58,11 +59,10 @@ std::string ImportanceAccumulator::fingerprint() const {
   return j.dump();
 }
 
-void ImportanceAccumulator::add_batch(const Tensor& images, const std::vector<int>& labels,
-                                      const std::vector<int64_t>& indices) {
+void ImportanceAccumulator::add_batch(const Tensor& images, const std::vector<int>& labels) {
   const int64_t b = images.dim(0);
-  if (static_cast<int64_t>(labels.size()) != b || static_cast<int64_t>(indices.size()) != b)
-    throw Error("importance: labels/indices do not match the batch");
+  if (static_cast<int64_t>(labels.size()) != b)
+    throw Error("importance: labels do not match the batch");
   model_.set_training(false);
   Tape tape = Tape::activations_only();
   std::map<std::string, Var> outs, pres;
@@ -74,34 +74,25 @@ void ImportanceAccumulator::add_batch(const Tensor& images, const std::vector<in
   // every image its own gradient in one backward.
   const int64_t classes = logits.value.dim(1);
   Tensor seed = Tensor::zeros(logits.value.shape());
-  std::vector<int> targets(b);
   for (int64_t i = 0; i < b; ++i) {
     const float* row = logits.value.data() + i * classes;
-    targets[i] = options_.target_label
-                     ? labels[i]
-                     : static_cast<int>(std::max_element(row, row + classes) - row);
-    if (targets[i] < 0 || targets[i] >= classes)
-      throw Error("importance: label " + std::to_string(targets[i]) + " outside the model's " +
+    const int target = options_.target_label
+                           ? labels[i]
+                           : static_cast<int>(std::max_element(row, row + classes) - row);
+    if (target < 0 || target >= classes)
+      throw Error("importance: label " + std::to_string(target) + " outside the model's " +
                   std::to_string(classes) + " classes");
-    seed[i * classes + targets[i]] = 1.0f;
+    seed[i * classes + target] = 1.0f;
   }
   tape.backward(logits, seed);
 
-  const size_t first = records_.size();
-  for (int64_t i = 0; i < b; ++i) {
-    ImageRecord r;
-    r.index = indices[i];
-    r.label = labels[i];
-    r.target = targets[i];
-    r.map_sums.assign(names_.size(), 0.0);
-    records_.push_back(std::move(r));
-  }
+  std::vector<double> sums(static_cast<size_t>(b) * names_.size());
   for (size_t p = 0; p < names_.size(); ++p) {
     const Var& a = outs.at(names_[p]);
     const auto pre = pres.find(names_[p]);
     const Tensor g = tape.grad(pre != pres.end() ? pre->second : a);
     const int64_t c = a.value.dim(1), hw = a.value.dim(2) * a.value.dim(3);
-    // One image per task; each image's sum is formed in a fixed order.
+    // One image per task; each image's total is formed in a fixed order.
     parallel_for(b, [&](int64_t i0, int64_t i1) {
       std::vector<double> map(static_cast<size_t>(hw)), scratch;
       for (int64_t i = i0; i < i1; ++i) {
@@ -109,43 +100,61 @@ void ImportanceAccumulator::add_batch(const Tensor& images, const std::vector<in
                 map.data(), scratch);
         double s = 0.0;
         for (int64_t k = 0; k < hw; ++k) s += map[k];
-        records_[first + i].map_sums[p] = s;
+        sums[i * names_.size() + p] = s;
       }
     });
   }
+  for (int64_t i = 0; i < b; ++i) {
+    auto& cls = by_class_[labels[i]];
+    cls.resize(names_.size());
+    for (size_t p = 0; p < names_.size(); ++p) cls[p].add(sums[i * names_.size() + p]);
+    count_by_class_[labels[i]] += 1;
+  }
+  images_ += b;
+}
+
+void ImportanceAccumulator::set_shard(int k, int n) {
+  if (n < 1 || k < 0 || k >= n) throw Error("importance: shard K/N needs 0 <= K < N");
+  shards_ = {{k, n}};
+}
+
+void ImportanceAccumulator::add_shards(const std::set<std::pair<int, int>>& other,
+                                       const std::string& where) {
+  for (const auto& s : other) {
+    if (shards_.count(s))
+      throw Error(where + ": shard " + std::to_string(s.first) + "/" + std::to_string(s.second) +
+                  " is already included (overlapping parts)");
+    if (!shards_.empty() && shards_.begin()->second != s.second)
+      throw Error(where + ": shard " + std::to_string(s.first) + "/" + std::to_string(s.second) +
+                  " does not split the data like the other parts (N differs)");
+  }
+  shards_.insert(other.begin(), other.end());
 }
 
 void ImportanceAccumulator::merge(const ImportanceAccumulator& other) {
   if (other.fingerprint() != fingerprint())
     throw Error("importance: cannot merge results of different settings");
-  records_.insert(records_.end(), other.records_.begin(), other.records_.end());
+  add_shards(other.shards_, "merge");
+  for (const auto& [label, sums] : other.by_class_) {
+    auto& mine = by_class_[label];
+    mine.resize(names_.size());
+    for (size_t p = 0; p < sums.size(); ++p) mine[p].add(sums[p]);
+    count_by_class_[label] += other.count_by_class_.at(label);
+  }
+  images_ += other.images_;
 }
 
 CuiResult ImportanceAccumulator::result(const std::vector<int>& classes) const {
-  std::vector<const ImageRecord*> order;
-  for (const auto& r : records_)
-    if (classes.empty() || std::find(classes.begin(), classes.end(), r.label) != classes.end())
-      order.push_back(&r);
-  std::sort(order.begin(), order.end(),
-            [](const ImageRecord* x, const ImageRecord* y) { return x->index < y->index; });
-  for (size_t i = 1; i < order.size(); ++i)
-    if (order[i]->index == order[i - 1]->index)
-      throw Error("importance: image " + std::to_string(order[i]->index) +
-                  " was recorded twice (overlapping shards?)");
   const size_t np = names_.size();
-  std::vector<double> total(np, 0.0);
-  std::map<int, std::vector<double>> by_class;
+  std::vector<ExactSum> total(np);
   CuiResult res;
-  for (const ImageRecord* r : order) {
-    auto& cls = by_class[r->label];
-    cls.resize(np, 0.0);
-    for (size_t p = 0; p < np; ++p) {
-      total[p] += r->map_sums[p];
-      cls[p] += r->map_sums[p];
-    }
-    res.images_by_class[r->label] += 1;
+  for (const auto& [label, sums] : by_class_) {
+    if (!classes.empty() && std::find(classes.begin(), classes.end(), label) == classes.end())
+      continue;
+    for (size_t p = 0; p < np; ++p) total[p].add(sums[p]);
+    res.images_by_class[label] = count_by_class_.at(label);
+    res.images += count_by_class_.at(label);
   }
-  res.images = static_cast<int64_t>(order.size());
   auto cui_of = [&](double sum, int64_t count, size_t p) {
     const double hw = double(shapes_[p][1] * shapes_[p][2]);
     return count ? std::fabs(sum / double(count) / hw) : 0.0;
@@ -156,7 +165,7 @@ CuiResult ImportanceAccumulator::result(const std::vector<int>& classes) const {
     pt.name = names_[p];
     pt.shape = shapes_[p];
     pt.out_bytes = shape_numel(shapes_[p]) * static_cast<int64_t>(sizeof(float));
-    pt.cui = cui_of(total[p], res.images, p);
+    pt.cui = cui_of(total[p].value(), res.images, p);
     logs[p] = log10_cui(pt.cui);
     res.points.push_back(pt);
   }
@@ -166,10 +175,11 @@ CuiResult ImportanceAccumulator::result(const std::vector<int>& classes) const {
     if (std::isfinite(logs[p]) && (res.global_max < 0 || logs[p] > logs[res.global_max]))
       res.global_max = static_cast<int>(p);
   }
-  for (auto& [label, sums] : by_class) {
+  for (const auto& [label, count] : res.images_by_class) {
+    const auto& sums = by_class_.at(label);
     std::vector<double> cuis(np), lg(np);
     for (size_t p = 0; p < np; ++p) {
-      cuis[p] = cui_of(sums[p], res.images_by_class[label], p);
+      cuis[p] = cui_of(sums[p].value(), count, p);
       lg[p] = log10_cui(cuis[p]);
     }
     res.cui_by_class[label] = cuis;
@@ -181,28 +191,20 @@ CuiResult ImportanceAccumulator::result(const std::vector<int>& classes) const {
 void ImportanceAccumulator::save_partial(const std::string& path,
                                          const std::string& settings_json) const {
   nlohmann::json j;
-  j["format"] = "isplit-partial-1";
+  j["format"] = "isplit-partial-2";
   j["fingerprint"] = fingerprint();
   j["settings"] = nlohmann::json::parse(settings_json);
-  nlohmann::json recs = nlohmann::json::array();
-  for (const auto& r : records_)
-    recs.push_back({{"index", r.index}, {"label", r.label}, {"target", r.target},
-                    {"sums", r.map_sums}});
-  j["records"] = std::move(recs);
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream f(tmp);
-    if (!f) throw Error(path + ": cannot open for writing");
-    f << j.dump() << "\n";  // nlohmann writes doubles with round-trip precision
-    if (!f.flush()) {
-      std::remove(tmp.c_str());
-      throw Error(path + ": write failed");
-    }
+  nlohmann::json shards = nlohmann::json::array();
+  for (const auto& s : shards_) shards.push_back({s.first, s.second});
+  j["shards"] = shards;
+  nlohmann::json classes = nlohmann::json::array();
+  for (const auto& [label, sums] : by_class_) {
+    std::vector<std::string> hex;
+    for (const auto& x : sums) hex.push_back(x.to_hex());
+    classes.push_back({{"label", label}, {"images", count_by_class_.at(label)}, {"sums", hex}});
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw Error(path + ": cannot rename temporary file into place");
-  }
+  j["classes"] = classes;
+  write_file_atomic(path, j.dump() + "\n");
 }
 
 void ImportanceAccumulator::load_partial(const std::string& path) {
@@ -215,20 +217,26 @@ void ImportanceAccumulator::load_partial(const std::string& path) {
     throw Error(path + ": not a partial-sums file (" + std::string(e.what()) + ")");
   }
   try {
-    if (j.at("format") != "isplit-partial-1") throw Error(path + ": unknown format");
+    if (j.at("format") != "isplit-partial-2") throw Error(path + ": unknown format");
     if (j.at("fingerprint").get<std::string>() != fingerprint())
       throw Error(path + ": settings differ from the other parts (model, input size, method, "
                          "target, relu-grad or points)");
-    for (const auto& r : j.at("records")) {
-      ImageRecord rec;
-      rec.index = r.at("index").get<int64_t>();
-      rec.label = r.at("label").get<int>();
-      rec.target = r.at("target").get<int>();
-      rec.map_sums = r.at("sums").get<std::vector<double>>();
-      if (rec.map_sums.size() != names_.size())
-        throw Error(path + ": record of image " + std::to_string(rec.index) +
-                    " has the wrong number of points");
-      records_.push_back(std::move(rec));
+    std::set<std::pair<int, int>> shards;
+    for (const auto& s : j.at("shards")) shards.insert({s.at(0).get<int>(), s.at(1).get<int>()});
+    // A fresh accumulator (no image yet) takes the part's shards as its own.
+    if (images_ == 0 && shards_ == std::set<std::pair<int, int>>{{0, 1}}) shards_.clear();
+    add_shards(shards, path);
+    for (const auto& c : j.at("classes")) {
+      const int label = c.at("label").get<int>();
+      const auto hex = c.at("sums").get<std::vector<std::string>>();
+      if (hex.size() != names_.size())
+        throw Error(path + ": class " + std::to_string(label) + " has the wrong number of points");
+      auto& mine = by_class_[label];
+      mine.resize(names_.size());
+      for (size_t p = 0; p < hex.size(); ++p) mine[p].add(ExactSum::from_hex(hex[p]));
+      const int64_t n = c.at("images").get<int64_t>();
+      count_by_class_[label] += n;
+      images_ += n;
     }
   } catch (const nlohmann::json::exception& e) {
     throw Error(path + ": malformed partial-sums file (" + std::string(e.what()) + ")");

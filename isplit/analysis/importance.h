@@ -5,10 +5,13 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "isplit/analysis/cam.h"
+#include "isplit/analysis/exact_sum.h"
 #include "models/model.h"
 
 namespace isplit {
@@ -18,14 +21,6 @@ struct ImportanceOptions {
   bool target_label = false;   // target score: ground-truth label (else predicted class)
   bool relu_grad_pre = false;  // G of a ReLU output point taken before the ReLU (authors' hooks)
   bool all_points = false;     // every cut point (else the default set)
-};
-
-// One image's contribution: per point, the sum over H*W of its map.
-struct ImageRecord {
-  int64_t index = 0;  // position in the data set (for a canonical order)
-  int label = 0;
-  int target = 0;     // class whose score was differentiated
-  std::vector<double> map_sums;
 };
 
 // One cut point of the result.
@@ -52,31 +47,35 @@ std::vector<bool> strict_local_maxima(const std::vector<double>& values);
 // log10 of a CUI, -inf for zero.
 double log10_cui(double cui);
 
-// Streams images through the model and keeps, per image, one number per cut point: the
-// memory is O(images x points) doubles, independent of image size. Results are summed in
-// data-set index order, so they are the same whatever the batch size, thread count or
-// sharding (merge() of shards gives exactly the single-run result).
+// Streams images through the model. Per cut point it keeps, overall and per class, the
+// exact sum (ExactSum) of every image's map total: memory is independent of the number
+// of images, and since exact sums do not depend on the order of their terms, the result
+// is the same bit for bit whatever the batch size, thread count or sharding (merge() of
+// shards gives exactly the single-run result).
 class ImportanceAccumulator {
  public:
   // Prepares the cut points of model for inputs of size input_size.
   ImportanceAccumulator(Model& model, const ImportanceOptions& options, int64_t input_size);
-  // Runs one forward and one backward on a batch [B,3,S,S] and records every image.
-  void add_batch(const Tensor& images, const std::vector<int>& labels,
-                 const std::vector<int64_t>& indices);
-  // Adds the records of another accumulator over other images (same model and options).
+  // Runs one forward and one backward on a batch [B,3,S,S] and adds every image.
+  void add_batch(const Tensor& images, const std::vector<int>& labels);
+  // Says which shard (k of n) this accumulator covers (default 0 of 1).
+  void set_shard(int k, int n);
+  // Adds the sums of another accumulator over other images (same settings, other shard).
   void merge(const ImportanceAccumulator& other);
-  // Number of images recorded.
-  int64_t images() const { return static_cast<int64_t>(records_.size()); }
+  // Number of images added.
+  int64_t images() const { return images_; }
   // The CUI curves and candidates over the images whose label is in classes (empty: all).
   CuiResult result(const std::vector<int>& classes = {}) const;
-  // Writes the records as a partial-sums file (JSON, exact doubles), atomically.
+  // Writes the sums as a partial-sums file (JSON, exact integers in hex), atomically.
   void save_partial(const std::string& path, const std::string& settings_json) const;
-  // Reads a partial-sums file written by save_partial; checks it matches this setup.
+  // Adds a partial-sums file written by save_partial; checks settings and shard overlap.
   void load_partial(const std::string& path);
   // Cut point names, in network order.
   const std::vector<std::string>& point_names() const { return names_; }
   // Settings that must agree between shards (model, input size, method, points...).
   std::string fingerprint() const;
+  // Shards covered, as (k, n) pairs.
+  const std::set<std::pair<int, int>>& shards() const { return shards_; }
 
  private:
   Model& model_;
@@ -84,7 +83,11 @@ class ImportanceAccumulator {
   int64_t input_size_;
   std::vector<std::string> names_;
   std::vector<Shape> shapes_;  // C, H, W
-  std::vector<ImageRecord> records_;
+  std::map<int, std::vector<ExactSum>> by_class_;  // label -> per point
+  std::map<int, int64_t> count_by_class_;
+  int64_t images_ = 0;
+  std::set<std::pair<int, int>> shards_{{0, 1}};
+  void add_shards(const std::set<std::pair<int, int>>& other, const std::string& where);
 };
 
 }  // namespace isplit
