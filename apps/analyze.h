@@ -18,7 +18,7 @@ struct AnalyzeArgs {
   int input_size = 224;
   int64_t num_classes = 0;
   long limit = 0;
-  int batch = 8;
+  int batch = 4;
   int decode_threads = 0;
   Normalize norm;
 };

@@ -1,5 +1,8 @@
 #include "engine/tensor.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
 #include <unordered_map>
@@ -64,7 +67,14 @@ class BlockCache {
   std::mutex mutex_;
   std::unordered_map<size_t, std::vector<void*>> free_;
   size_t cached_ = 0;
-  size_t limit_ = size_t{1} << 30;
+  size_t limit_ = default_limit();
+
+  // A quarter of physical memory, at most 8 GiB.
+  static size_t default_limit() {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    const size_t phys = pages > 0 && page > 0 ? size_t(pages) * size_t(page) : size_t{4} << 30;
+    return std::min(phys / 4, size_t{8} << 30);
+  }
 };
 
 std::shared_ptr<float> allocate(int64_t numel) {

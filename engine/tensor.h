@@ -71,7 +71,8 @@ class Tensor {
   int64_t numel_ = 0;
 };
 
-// Bounds the bytes of freed tensor storage kept for reuse (default 1 GiB; 0 disables).
+// Bounds the bytes of freed tensor storage kept for reuse (default: a quarter of the
+// physical memory, at most 8 GiB; 0 disables).
 void set_tensor_cache_limit(size_t bytes);
 // Bytes of freed tensor storage currently kept for reuse.
 size_t tensor_cache_bytes();

@@ -55,6 +55,6 @@ TEST_SUITE("tensor") {
     CHECK(tensor_cache_bytes() == 0);
     { Tensor d = Tensor::empty(big); }
     CHECK(tensor_cache_bytes() == 0);
-    set_tensor_cache_limit(size_t{1} << 30);
+    set_tensor_cache_limit(size_t{2} << 30);
   }
 }
