@@ -15,6 +15,7 @@
 #include "data/image.h"
 #include "engine/cpu.h"
 #include "engine/parallel.h"
+#include "isplit/analysis/report.h"
 #include "models/model.h"
 
 using namespace isplit;
@@ -55,25 +56,6 @@ std::string human(double v, const char* unit) {
 std::string chw(const Shape& s) {
   Shape tail(s.begin() + 1, s.end());
   return shape_str(tail);
-}
-
-// Writes text to path atomically (temp file, then rename).
-void write_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary);
-    if (!f) throw Error(path + ": cannot open for writing");
-    f << text;
-    f.flush();
-    if (!f) {
-      std::remove(tmp.c_str());
-      throw Error(path + ": write failed");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw Error(path + ": cannot rename temporary file into place");
-  }
 }
 
 struct Common {
@@ -185,7 +167,7 @@ int run_predict(const Common& c, const std::string& weights, const std::string& 
     for (int64_t j = 0; j < classes; ++j) csv << "," << logits[j];
     csv << "\n";
   }
-  if (!logits_csv.empty()) write_atomic(logits_csv, csv.str());
+  if (!logits_csv.empty()) write_file_atomic(logits_csv, csv.str());
   return 0;
 }
 
