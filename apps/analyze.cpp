@@ -197,11 +197,8 @@ int run_merge(const std::vector<std::string>& parts, const std::string& out) {
                                        settings.value("points", "default")),
                             settings.value("input_size", 224));
   int64_t skipped = 0;
-  for (const auto& p : parts) {
-    acc.load_partial(p);
-    std::ifstream g(p);
-    skipped += nlohmann::json::parse(g)["settings"].value("skipped", 0);
-  }
+  for (const auto& p : parts)
+    skipped += nlohmann::json::parse(acc.load_partial(p)).value("skipped", int64_t{0});
   const std::vector<int> classes = settings.value("classes", std::vector<int>());
   settings.erase("shard");
   settings.erase("skipped");

@@ -34,13 +34,7 @@ GemmArgs block(const GemmArgs& g, int64_t r0, int64_t r1, int64_t c0, int64_t c1
 
 void gemm_single(Isa isa, const GemmArgs& g) {
   if (g.m <= 0 || g.n <= 0) return;
-  if (g.k <= 0) {
-    for (int64_t i = 0; i < g.m; ++i)
-      for (int64_t j = 0; j < g.n; ++j)
-        g.c[i * g.ldc + j] = g.beta == 0.0f ? 0.0f : g.beta * g.c[i * g.ldc + j];
-    return;
-  }
-  kernel_for(isa)(g);
+  kernel_for(isa)(g);  // every kernel handles k == 0 (C = beta * C)
 }
 
 void gemm(const GemmArgs& g) {

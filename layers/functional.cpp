@@ -82,6 +82,15 @@ void col2im_add(const float* col, int64_t channels, int64_t h, int64_t w, int64_
   });
 }
 
+// The GEMM right-hand side of one image and group: the input itself for a pointwise
+// convolution, else its im2col expansion written into col.
+const float* conv_columns(const float* xg, int64_t cin_g, int64_t h, int64_t w, int64_t oh,
+                          int64_t ow, const Conv2dSpec& s, bool direct, Tensor& col) {
+  if (direct) return xg;
+  im2col(xg, cin_g, h, w, oh, ow, s, col.data());
+  return col.data();
+}
+
 bool is_pointwise(const Conv2dSpec& s) {
   return s.kh == 1 && s.kw == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
          s.pad_w == 0;
@@ -127,11 +136,7 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* b, const C
   for (int64_t img = 0; img < n; ++img) {
     for (int64_t gi = 0; gi < g; ++gi) {
       const float* xg = x.data() + (img * s.in_channels + gi * cin_g) * h * wd;
-      const float* bmat = xg;
-      if (!direct) {
-        im2col(xg, cin_g, h, wd, oh, ow, s, col.data());
-        bmat = col.data();
-      }
+      const float* bmat = conv_columns(xg, cin_g, h, wd, oh, ow, s, direct, col);
       float* yg = y.data() + (img * s.out_channels + gi * cout_g) * hw;
       gemm(false, false, cout_g, hw, k, w.data() + gi * cout_g * k, k, bmat, hw, 0.0f, yg, hw);
     }
@@ -217,11 +222,7 @@ void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dSpec&
     for (int64_t img = 0; img < n; ++img)
       for (int64_t gi = 0; gi < g; ++gi) {
         const float* xg = x.data() + (img * s.in_channels + gi * cin_g) * h * wd;
-        const float* bmat = xg;
-        if (!direct) {
-          im2col(xg, cin_g, h, wd, oh, ow, s, col.data());
-          bmat = col.data();
-        }
+        const float* bmat = conv_columns(xg, cin_g, h, wd, oh, ow, s, direct, col);
         const float* gyg = gy.data() + (img * s.out_channels + gi * cout_g) * hw;
         gemm(false, true, cout_g, k, hw, gyg, hw, bmat, hw, 1.0f, gw->data() + gi * cout_g * k,
              k);

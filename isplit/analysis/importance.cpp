@@ -207,7 +207,7 @@ void ImportanceAccumulator::save_partial(const std::string& path,
   write_file_atomic(path, j.dump() + "\n");
 }
 
-void ImportanceAccumulator::load_partial(const std::string& path) {
+std::string ImportanceAccumulator::load_partial(const std::string& path) {
   std::ifstream f(path);
   if (!f) throw Error(path + ": cannot open");
   nlohmann::json j;
@@ -238,6 +238,7 @@ void ImportanceAccumulator::load_partial(const std::string& path) {
       count_by_class_[label] += n;
       images_ += n;
     }
+    return j.at("settings").dump();
   } catch (const nlohmann::json::exception& e) {
     throw Error(path + ": malformed partial-sums file (" + std::string(e.what()) + ")");
   }

@@ -69,7 +69,8 @@ class ImportanceAccumulator {
   // Writes the sums as a partial-sums file (JSON, exact integers in hex), atomically.
   void save_partial(const std::string& path, const std::string& settings_json) const;
   // Adds a partial-sums file written by save_partial; checks settings and shard overlap.
-  void load_partial(const std::string& path);
+  // Returns the settings object it was saved with (JSON text).
+  std::string load_partial(const std::string& path);
   // Cut point names, in network order.
   const std::vector<std::string>& point_names() const { return names_; }
   // Settings that must agree between shards (model, input size, method, points...).

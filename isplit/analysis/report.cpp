@@ -65,6 +65,14 @@ Range finite_range(const std::vector<double>& v) {
   return {r.lo - pad, r.hi + pad};
 }
 
+// The <svg> element, a white background and the title.
+void svg_open(std::ostringstream& os, const Frame& f, const std::string& title) {
+  os << "<svg xmlns='http://www.w3.org/2000/svg' width='" << f.width << "' height='" << f.height
+     << "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n";
+  os << "<text x='" << f.width / 2 << "' y='24' text-anchor='middle' font-size='15'>"
+     << xml_escape(title) << "</text>\n";
+}
+
 void axis_and_labels(std::ostringstream& os, const Frame& f, const CuiResult& r,
                             const Range& y, const std::string& ylabel) {
   const size_t n = r.points.size();
@@ -167,10 +175,7 @@ std::string cui_svg(const CuiResult& r, const std::string& title, const CuiResul
   for (const auto& p : r.points) bytes.push_back(std::log10(double(p.out_bytes)));
   const Range yb = finite_range(bytes);
   std::ostringstream os;
-  os << "<svg xmlns='http://www.w3.org/2000/svg' width='" << f.width << "' height='" << f.height
-     << "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n";
-  os << "<text x='" << f.width / 2 << "' y='24' text-anchor='middle' font-size='15'>"
-     << xml_escape(title) << "</text>\n";
+  svg_open(os, f, title);
   axis_and_labels(os, f, r, y, "log10 CUI");
   // CDE: output size per point on the right axis (log scale).
   os << polyline(bytes, f, yb, "stroke='#999' stroke-dasharray='5,4' stroke-width='1.5'");
@@ -248,10 +253,7 @@ std::string cui_by_class_svg(const CuiResult& r, const std::vector<std::string>&
   static const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                                   "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
   std::ostringstream os;
-  os << "<svg xmlns='http://www.w3.org/2000/svg' width='" << f.width << "' height='" << f.height
-     << "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n";
-  os << "<text x='" << f.width / 2 << "' y='24' text-anchor='middle' font-size='15'>"
-     << xml_escape(title) << "</text>\n";
+  svg_open(os, f, title);
   axis_and_labels(os, f, r, y, "log10 CUI per class");
   int k = 0;
   for (const auto& [label, cuis] : r.cui_by_class) {
