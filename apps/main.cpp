@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "apps/analyze.h"
+#include "apps/train_cmd.h"
 #include "data/image.h"
 #include "engine/cpu.h"
 #include "engine/parallel.h"
@@ -239,6 +240,11 @@ int main(int argc, char** argv) {
   merge->add_option("parts", merge_parts, "partial-K-of-N.json files")->required();
   merge->add_option("--out", merge_out, "output directory")->required();
 
+  TrainArgs train_args;
+  auto* train = add_train_command(app, train_args);
+  EvalArgs eval_args;
+  auto* eval = add_eval_command(app, eval_args);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -257,6 +263,8 @@ int main(int argc, char** argv) {
       return run_analyze(an);
     }
     if (*merge) return run_merge(merge_parts, merge_out);
+    if (*train) return run_train(train_args);
+    if (*eval) return run_eval(eval_args);
     if (*predict) {
       set_num_threads(pred_opts.threads);
       return run_predict(pred_opts, weights, mean, stdev, topk, logits_csv, labels, images);

@@ -12,16 +12,35 @@
 
 namespace isplit {
 
+namespace {
+
+LoaderOptions make_options(const Normalize& norm, int decode_threads) {
+  LoaderOptions o;
+  o.norm = norm;
+  o.decode_threads = decode_threads;
+  return o;
+}
+
+}  // namespace
+
 BatchLoader::BatchLoader(const Dataset& dataset, std::vector<size_t> indices, int batch_size,
                          int input_size, Normalize norm, int decode_threads)
+    : BatchLoader(dataset, std::move(indices), batch_size, input_size,
+                  make_options(norm, decode_threads)) {}
+
+BatchLoader::BatchLoader(const Dataset& dataset, std::vector<size_t> indices, int batch_size,
+                         int input_size, const LoaderOptions& options)
     : dataset_(dataset),
       indices_(std::move(indices)),
       batch_size_(batch_size > 0 ? static_cast<size_t>(batch_size) : 0),
       input_size_(input_size),
-      norm_(norm) {
+      norm_(options.norm),
+      augment_(options.augment) {
+  const int decode_threads = options.decode_threads;
   if (batch_size <= 0) throw Error("batch loader: batch size must be positive, got " + std::to_string(batch_size));
   if (input_size <= 0 || input_size > 16384)
     throw Error("batch loader: bad input size " + std::to_string(input_size));
+  if (augment_.active()) check_augment(augment_, input_size);
   const size_t n = dataset_.size();
   for (size_t i : indices_)
     if (i >= n)
@@ -111,8 +130,9 @@ void BatchLoader::worker() {
     Slot slot;
     try {
       const size_t index = indices_[pos];
-      const Tensor t = image_to_tensor(dataset_.load(index), input_size_, norm_);
+      Tensor t = image_to_tensor(dataset_.load(index), input_size_, norm_);
       if (t.numel() != sample_numel) throw Error("unexpected tensor shape " + shape_str(t.shape()));
+      if (augment_.active()) augment_sample(t, augment_, norm_, index);
       std::memcpy(dst.data() + static_cast<int64_t>(j) * sample_numel, t.data(), t.bytes());
       slot.ok = true;
     } catch (const std::exception& e) {

@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "data/augment.h"
 #include "data/dataset.h"
 #include "data/image.h"
 #include "engine/tensor.h"
@@ -20,6 +21,13 @@ struct Batch {
   Tensor images;               // [B,3,S,S], normalized
   std::vector<int> labels;     // B dataset labels
   std::vector<size_t> indices; // B dataset indices
+};
+
+// How the loader preprocesses samples.
+struct LoaderOptions {
+  Normalize norm;          // image_to_tensor normalization
+  int decode_threads = 0;  // <= 0: hardware concurrency, at most 8
+  Augment augment;         // inactive by default
 };
 
 class BatchLoader {
@@ -35,6 +43,12 @@ class BatchLoader {
   // on a bad batch size, input size or index.
   BatchLoader(const Dataset& dataset, std::vector<size_t> indices, int batch_size,
               int input_size, Normalize norm = Normalize{}, int decode_threads = 0);
+  // As above with options.norm and options.decode_threads; when options.augment is active,
+  // each sample is also augmented (augment_sample) on its decoder thread with key = its
+  // dataset index, so batches stay identical for any thread count. Also throws Error when
+  // the augmentation does not fit input_size (check_augment).
+  BatchLoader(const Dataset& dataset, std::vector<size_t> indices, int batch_size,
+              int input_size, const LoaderOptions& options);
   // Stops the decoder threads (finishing at most the image each is on) and joins them.
   ~BatchLoader();
   BatchLoader(const BatchLoader&) = delete;
@@ -79,6 +93,7 @@ class BatchLoader {
   size_t batch_size_;
   int input_size_;
   Normalize norm_;
+  Augment augment_;
   size_t num_batches_ = 0;
 
   mutable std::mutex mu_;

@@ -439,4 +439,10 @@ void save_safetensors(const std::string& path,
   out.commit();
 }
 
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  TempFile out(path);
+  out.write(bytes.data(), bytes.size());
+  out.commit();
+}
+
 }  // namespace isplit

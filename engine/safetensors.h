@@ -58,4 +58,8 @@ void save_safetensors(const std::string& path,
                       const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
+// Writes bytes to path through a temporary file beside it, fsync and a rename: readers
+// see either the old file or the complete new one. Throws Error naming path.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
 }  // namespace isplit

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 #include <unordered_map>
@@ -36,8 +37,10 @@ class BlockCache {
         return p;
       }
     }
+    if (bytes >= kMinCached) fresh_.fetch_add(bytes, std::memory_order_relaxed);
     return std::aligned_alloc(kAlign, bytes);
   }
+  size_t fresh() const { return fresh_.load(std::memory_order_relaxed); }
   void give(void* p, size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (bytes < kMinCached || cached_ + bytes > limit_) {
@@ -67,6 +70,7 @@ class BlockCache {
   std::mutex mutex_;
   std::unordered_map<size_t, std::vector<void*>> free_;
   size_t cached_ = 0;
+  std::atomic<size_t> fresh_{0};
   size_t limit_ = default_limit();
 
   // A quarter of physical memory, at most 8 GiB.
@@ -91,6 +95,8 @@ std::shared_ptr<float> allocate(int64_t numel) {
 void set_tensor_cache_limit(size_t bytes) { BlockCache::instance().set_limit(bytes); }
 
 size_t tensor_cache_bytes() { return BlockCache::instance().cached(); }
+
+size_t tensor_fresh_bytes() { return BlockCache::instance().fresh(); }
 
 int64_t shape_numel(const Shape& shape) {
   int64_t n = 1;

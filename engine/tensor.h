@@ -76,6 +76,9 @@ class Tensor {
 void set_tensor_cache_limit(size_t bytes);
 // Bytes of freed tensor storage currently kept for reuse.
 size_t tensor_cache_bytes();
+// Bytes of large blocks (>= 64 KiB) taken from the system rather than from the cache so far
+// (a steady-state loop that allocates nothing new leaves this unchanged).
+size_t tensor_fresh_bytes();
 
 // Throws Error naming `what` when the tensor's shape differs from `expected`.
 void check_shape(const Tensor& t, const Shape& expected, const std::string& what);

@@ -88,6 +88,12 @@ class BatchNorm2d : public Module {
   // After folding into a conv, forward passes its input through unchanged.
   void set_folded(bool folded) { folded_ = folded; }
   bool folded() const { return folded_; }
+  // Training mode uses batch statistics and updates the running ones, except when both
+  // affine parameters are frozen: a frozen batch norm keeps normalising with its running
+  // statistics and leaves them unchanged (so a frozen backbone really stays fixed).
+  void set_training(bool training) override {
+    training_ = training && (weight.requires_grad || bias.requires_grad);
+  }
   Parameter weight, bias, running_mean, running_var;
   double eps, momentum;
 

@@ -94,6 +94,15 @@ void Model::set_training(bool training, bool dropout) {
   }
 }
 
+void Model::seed_dropout(uint64_t seed) {
+  uint64_t k = 0;
+  for (Stage& s : stages_) {
+    ++k;
+    if (auto* d = dynamic_cast<Dropout*>(s.module.get()))
+      d->seed(seed ^ (k * 0x9E3779B97F4A7C15ull));
+  }
+}
+
 void Model::zero_grad() {
   for (auto& p : named_parameters()) p.second->zero_grad();
 }

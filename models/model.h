@@ -67,6 +67,9 @@ class Model {
   void set_training(bool training, bool dropout = true);
   // Zeroes every parameter gradient.
   void zero_grad();
+  // Reseeds every Dropout layer's mask generator from one seed (each layer differently),
+  // so that a training step's masks depend only on that seed.
+  void seed_dropout(uint64_t seed);
 
   // Loads weights; every parameter and buffer must be present with its exact shape and
   // nothing else may be (num_batches_tracked is ignored). Throws Error naming the file

@@ -349,23 +349,6 @@ std::string report_json(const CuiResult& r, const ReportContext& ctx) {
   return j.dump(2) + "\n";
 }
 
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary);
-    if (!f) throw Error(path + ": cannot open for writing");
-    f << text;
-    if (!f.flush()) {
-      std::remove(tmp.c_str());
-      throw Error(path + ": write failed");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw Error(path + ": cannot rename temporary file into place");
-  }
-}
-
 void write_report(const std::string& dir, const CuiResult& r, const ReportContext& ctx,
                   const std::string& title) {
   std::error_code ec;

@@ -3,6 +3,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/safetensors.h"  // write_file_atomic
+
 #include "isplit/analysis/importance.h"
 
 namespace isplit {
@@ -32,7 +34,5 @@ std::string report_json(const CuiResult& r, const ReportContext& ctx);
 // Writes all outputs into dir (created if missing); every file atomically.
 void write_report(const std::string& dir, const CuiResult& r, const ReportContext& ctx,
                   const std::string& title);
-// Writes text to path through a temporary file and a rename.
-void write_file_atomic(const std::string& path, const std::string& text);
 
 }  // namespace isplit
