@@ -172,8 +172,7 @@ int run_train(TrainArgs& a) {
 int run_eval(const EvalArgs& a) {
   set_num_threads(a.threads);
   auto model = load_model(a.model, a.weights, a.num_classes);
-  const std::string split = a.split.empty() ? "val" : a.split;
-  auto data = open_dataset(a.data, split);
+  auto data = a.split.empty() ? open_dataset_default_split(a.data, "val") : open_dataset(a.data, a.split);
   EvalOptions o;
   o.input_size = a.input_size;
   o.batch_size = a.batch;

@@ -545,6 +545,18 @@ std::unique_ptr<Dataset> open_dataset(const std::string& path, const std::string
   return open_image_folder(p);
 }
 
+std::unique_ptr<Dataset> open_dataset_default_split(const std::string& path, const std::string& split) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!split.empty() && fs::is_directory(path, ec) && !fs::exists(fs::path(path) / split, ec) &&
+      !fs::exists(fs::path(path) / "wnids.txt", ec)) {
+    // An image folder has class sub-directories; a directory of IDX files has none.
+    for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec))
+      if (it->is_directory(ec)) return open_dataset(path, "");
+  }
+  return open_dataset(path, split);
+}
+
 std::vector<size_t> select_indices(const Dataset& dataset, const std::vector<int>& classes,
                                    size_t limit, int shard_k, int shard_n) {
   if (shard_n < 1 || shard_k < 0 || shard_k >= shard_n)

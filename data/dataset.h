@@ -59,6 +59,11 @@ class Dataset {
 // a labels file is missing or disagrees, an IDX header is corrupt, or the layout is unknown.
 std::unique_ptr<Dataset> open_dataset(const std::string& path, const std::string& split = "");
 
+// open_dataset with a default split: where the layout has such a split (a Tiny-ImageNet
+// root, a directory of IDX files, an image folder with a `split` sub-folder) it is used;
+// a plain image folder without that sub-folder, or an IDX file, is opened whole.
+std::unique_ptr<Dataset> open_dataset_default_split(const std::string& path, const std::string& split);
+
 // The dataset indices to process, in increasing order: samples whose label is in `classes`
 // (empty = all; each must be a valid label, else Error), then only the first `limit` of
 // those (0 = no limit), then every shard_n-th of those starting at shard_k (0 <= shard_k <

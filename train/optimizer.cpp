@@ -24,6 +24,8 @@ Optimizer::Optimizer(const NamedParams& params, const OptimizerConfig& config) :
   if (config.momentum < 0 || config.weight_decay < 0 || config.beta1 < 0 || config.beta1 >= 1 ||
       config.beta2 < 0 || config.beta2 >= 1 || config.eps <= 0)
     throw Error("optimizer: bad hyper-parameters (momentum, weight decay >= 0; betas in [0,1); eps > 0)");
+  if (config.nesterov && (config.momentum <= 0 || config.dampening != 0))
+    throw Error("optimizer: Nesterov momentum needs a positive momentum and zero dampening");
   for (const auto& [name, p] : params) {
     if (p->is_buffer || !p->requires_grad) continue;
     Slot s{name, p, Tensor(), Tensor(), 0};
@@ -33,8 +35,6 @@ Optimizer::Optimizer(const NamedParams& params, const OptimizerConfig& config) :
     } else if (config.momentum != 0.0) {
       s.buf1 = Tensor::zeros(p->value.shape());
     }
-    // Gradient buffers are allocated here, once, so that steps allocate nothing.
-    if (!p->grad.defined()) p->grad = Tensor::zeros(p->value.shape());
     slots_.push_back(std::move(s));
   }
 }

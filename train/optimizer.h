@@ -30,9 +30,10 @@ OptimizerKind parse_optimizer(const std::string& name);
 std::string optimizer_name(OptimizerKind kind);
 
 // Applies updates to a fixed set of trainable parameters. State (momentum buffers, Adam
-// moments) is allocated once, at construction, and updated in place: a step allocates
-// nothing. Parameters whose gradient was never allocated (unreached) are left unchanged
-// and their state is not advanced, as PyTorch skips parameters whose .grad is None.
+// moments) is allocated once, at construction, and updated in place; gradient buffers are
+// allocated by the first backward that reaches them and then only zeroed, so steady-state
+// steps allocate nothing. Parameters no backward has reached yet (grad undefined) are left
+// unchanged and their state is not advanced, as PyTorch skips parameters whose .grad is None.
 class Optimizer {
  public:
   // An optimizer over `params` (buffers and frozen parameters are ignored).

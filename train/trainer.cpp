@@ -8,7 +8,11 @@
 // the optimizer state and the position (epoch, step) to continue bit for bit.
 #include "train/trainer.h"
 
+#include <signal.h>
 #include <sys/stat.h>
+
+#include <cerrno>
+#include <filesystem>
 
 #include <algorithm>
 #include <chrono>
@@ -29,6 +33,25 @@ namespace {
 using Json = nlohmann::ordered_json;
 
 constexpr const char* kStateFormat = "isplit-train-state-1";
+
+// Removes "<path>.tmp.<pid>" files that killed runs left behind (their pid is gone).
+void remove_stale_temps(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path p(path);
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  const std::string prefix = p.filename().string() + ".tmp.";
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string pid = name.substr(prefix.size());
+    if (pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (::kill(static_cast<pid_t>(std::stol(pid)), 0) != 0 && errno == ESRCH) {
+      std::error_code rm;
+      fs::remove(it->path(), rm);
+    }
+  }
+}
 
 bool file_exists(const std::string& path) {
   struct stat st;
@@ -273,9 +296,9 @@ bool run_training(const TrainConfig& c, const TrainHooks& hooks) {
   if (c.out.empty()) throw Error("--out: required");
   if (c.label_smoothing < 0 || c.label_smoothing >= 1) throw Error("--label-smoothing: must be in [0, 1)");
 
-  auto train_data = open_dataset(c.data, "train");
+  auto train_data = open_dataset_default_split(c.data, "train");
   std::unique_ptr<Dataset> val_data;
-  if (!c.val.empty()) val_data = open_dataset(c.val, "val");
+  if (!c.val.empty()) val_data = open_dataset_default_split(c.val, "val");
 
   int64_t classes = c.num_classes;
   if (classes <= 0 && !c.init_weights.empty()) {
@@ -332,6 +355,7 @@ bool run_training(const TrainConfig& c, const TrainHooks& hooks) {
   Position pos;
   const std::string state_path = train_state_path(c.out);
   const std::string log_path = train_log_path(c.out);
+  for (const std::string& p : {c.out, state_path, log_path}) remove_stale_temps(p);
   std::string log_rows;
   if (c.resume) {
     if (file_exists(state_path)) {
