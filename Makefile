@@ -31,7 +31,7 @@ fixtures: deps $(FIXTURES)/.stamp
 # training input size, its test accuracy, and the I-SPLIT analysis of 1000 test images
 # into $(BUILD)/analysis. The model is trained on the first run (hours on two cores, with
 # progress) and kept in $(MODELS); an interrupted run resumes where it stopped.
-MODELS ?= models
+MODELS ?= trained
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 FMNIST := $(FMNIST_DIR)/t10k-images-idx3-ubyte.gz
 RESNET_FM := $(MODELS)/resnet50-fashion-mnist.safetensors

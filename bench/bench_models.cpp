@@ -8,6 +8,7 @@
 
 #include "engine/parallel.h"
 #include "models/model.h"
+#include "train/step.h"
 
 using namespace isplit;
 
@@ -52,8 +53,32 @@ void BM_ModelImportance(benchmark::State& state, const char* arch) {
   report(state, *model, size);
 }
 
+// One SGD training step (momentum 0.9, train-mode BatchNorm, dropout on): forward,
+// cross-entropy, backward with weight gradients, update. range(0) = input size,
+// range(1) = batch; 10 classes (Fashion-MNIST-sized head).
+void BM_TrainStep(benchmark::State& state, const char* arch) {
+  const int64_t size = state.range(0), batch = state.range(1);
+  auto model = build_model(arch, 10, 1);
+  model->set_training(true);
+  OptimizerConfig oc;
+  oc.weight_decay = 5e-4;
+  Optimizer opt(model->named_parameters(), oc);
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  Tensor x = Tensor::empty({batch, 3, size, size});
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = dist(rng);
+  std::vector<int> labels(static_cast<size_t>(batch));
+  for (int64_t i = 0; i < batch; ++i) labels[static_cast<size_t>(i)] = static_cast<int>(i % 10);
+  train_step(*model, opt, x, labels, 1e-3);  // warm-up: gradients and state allocated
+  for (auto _ : state) benchmark::DoNotOptimize(train_step(*model, opt, x, labels, 1e-3).loss);
+  state.counters["images/s"] = benchmark::Counter(double(batch), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = num_threads();
+}
+
 }  // namespace
 
+BENCHMARK_CAPTURE(BM_TrainStep, resnet50, "resnet50")->Args({32, 32})->Args({32, 64})->Unit(benchmark::kMillisecond)->MinTime(5.0);
+BENCHMARK_CAPTURE(BM_TrainStep, vgg16, "vgg16")->Args({32, 32})->Unit(benchmark::kMillisecond)->MinTime(5.0);
 BENCHMARK_CAPTURE(BM_ModelForward, resnet50, "resnet50")->Arg(224)->Arg(64)->Unit(benchmark::kMillisecond)->MinTime(2.0);
 BENCHMARK_CAPTURE(BM_ModelForward, vgg16, "vgg16")->Arg(224)->Arg(64)->Unit(benchmark::kMillisecond)->MinTime(2.0);
 BENCHMARK_CAPTURE(BM_ModelImportance, resnet50, "resnet50")->Arg(224)->Arg(64)->Unit(benchmark::kMillisecond)->MinTime(2.0);
