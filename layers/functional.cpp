@@ -96,6 +96,111 @@ bool is_pointwise(const Conv2dSpec& s) {
          s.pad_w == 0;
 }
 
+// Small feature maps: one GEMM per image would have only OH*OW columns and re-read
+// the whole weight matrix for every image (at 32x32 inputs ResNet-50's last stages have
+// 1-4 output pixels). Below this many output pixels, images are processed in chunks whose
+// columns sit side by side in one [K, nb*OH*OW] matrix, so that a GEMM sees at least
+// kBatchColumns columns. Chunks depend only on the shapes, so results stay reproducible.
+constexpr int64_t kBatchedBelow = 256;
+constexpr int64_t kBatchColumns = 512;
+
+// Images per chunk for n images of hw output pixels; 0: the per-image path. The choice
+// depends on the layer shape only, never on n, so that an image gets the same bits
+// whatever batch it is in (the GEMM sums every element in the same order however many
+// columns it has; a per-image path adding into gx with beta = 1 would round differently).
+int64_t images_per_chunk(int64_t n, int64_t hw, int64_t groups) {
+  if (groups != 1 || hw >= kBatchedBelow) return 0;
+  return std::max<int64_t>(1, std::min<int64_t>(n, (kBatchColumns + hw - 1) / hw));
+}
+
+// The GEMM right-hand side of images [img0, img0+nb): B[K, nb*hw], image j's columns at
+// j*hw (its im2col expansion, or its channels for a pointwise convolution).
+void columns_batch(const Tensor& x, int64_t img0, int64_t nb, int64_t oh, int64_t ow,
+                   const Conv2dSpec& s, bool direct, float* out) {
+  const int64_t cin = s.in_channels, h = x.dim(2), w = x.dim(3), hw = oh * ow;
+  const int64_t taps = direct ? 1 : s.kh * s.kw, ld = nb * hw;
+  parallel_for(cin * taps, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t c = r / taps, t = r % taps;
+      const int64_t i = t / s.kw, j = t % s.kw;
+      for (int64_t im = 0; im < nb; ++im) {
+        const float* xc = x.data() + ((img0 + im) * cin + c) * h * w;
+        float* dst = out + r * ld + im * hw;
+        if (direct) {
+          std::copy(xc, xc + hw, dst);
+          continue;
+        }
+        for (int64_t y = 0; y < oh; ++y) {
+          const int64_t iy = y * s.stride_h - s.pad_h + i * s.dil_h;
+          float* drow = dst + y * ow;
+          for (int64_t x0 = 0; x0 < ow; ++x0) {
+            const int64_t ix = x0 * s.stride_w - s.pad_w + j * s.dil_w;
+            drow[x0] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? xc[iy * w + ix] : 0.0f;
+          }
+        }
+      }
+    }
+  });
+}
+
+// Gathers rows [C, hw] of images [img0, img0+nb) of t [N, C, hw] into m [C, nb*hw].
+void gather_images(const Tensor& t, int64_t img0, int64_t nb, float* m) {
+  const int64_t c = t.dim(1), hw = t.dim(2) * t.dim(3);
+  parallel_for(c, [&](int64_t b, int64_t e) {
+    for (int64_t ch = b; ch < e; ++ch)
+      for (int64_t im = 0; im < nb; ++im) {
+        const float* src = t.data() + ((img0 + im) * c + ch) * hw;
+        std::copy(src, src + hw, m + ch * nb * hw + im * hw);
+      }
+  });
+}
+
+// The inverse of gather_images: t[img0+j, ch, :] = m[ch, j*hw...] (+ bias[ch]), or
+// += when accumulate.
+void scatter_images(const float* m, int64_t img0, int64_t nb, const Tensor* bias, bool accumulate,
+                    Tensor& t) {
+  const int64_t c = t.dim(1), hw = t.dim(2) * t.dim(3);
+  parallel_for(c, [&](int64_t b, int64_t e) {
+    for (int64_t ch = b; ch < e; ++ch) {
+      const float bv = bias ? (*bias)[ch] : 0.0f;
+      for (int64_t im = 0; im < nb; ++im) {
+        const float* src = m + ch * nb * hw + im * hw;
+        float* dst = t.data() + ((img0 + im) * c + ch) * hw;
+        if (accumulate)
+          for (int64_t i = 0; i < hw; ++i) dst[i] += src[i];
+        else
+          for (int64_t i = 0; i < hw; ++i) dst[i] = src[i] + bv;
+      }
+    }
+  });
+}
+
+// Adds gcol [K, nb*hw] (image j at column j*hw) back into images [img0, img0+nb) of gx.
+void col2im_add_batch(const float* gcol, int64_t img0, int64_t nb, int64_t oh, int64_t ow,
+                      const Conv2dSpec& s, Tensor& gx) {
+  const int64_t cin = s.in_channels, h = gx.dim(2), w = gx.dim(3), hw = oh * ow;
+  const int64_t taps = s.kh * s.kw, ld = nb * hw;
+  // One thread per channel: taps of one channel overlap, channels never do.
+  parallel_for(cin, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c)
+      for (int64_t im = 0; im < nb; ++im) {
+        float* gc = gx.data() + ((img0 + im) * cin + c) * h * w;
+        for (int64_t t = 0; t < taps; ++t) {
+          const int64_t i = t / s.kw, j = t % s.kw;
+          const float* src = gcol + (c * taps + t) * ld + im * hw;
+          for (int64_t y = 0; y < oh; ++y) {
+            const int64_t iy = y * s.stride_h - s.pad_h + i * s.dil_h;
+            if (iy < 0 || iy >= h) continue;
+            for (int64_t x0 = 0; x0 < ow; ++x0) {
+              const int64_t ix = x0 * s.stride_w - s.pad_w + j * s.dil_w;
+              if (ix >= 0 && ix < w) gc[iy * w + ix] += src[y * ow + x0];
+            }
+          }
+        }
+      }
+  });
+}
+
 void check_conv(const Tensor& x, const Tensor& w, const Tensor* b, const Conv2dSpec& s) {
   require4(x, "conv2d");
   if (s.groups <= 0 || s.in_channels % s.groups || s.out_channels % s.groups)
@@ -132,6 +237,19 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* b, const C
   const int64_t g = s.groups, cin_g = s.in_channels / g, cout_g = s.out_channels / g;
   const int64_t k = cin_g * s.kh * s.kw, hw = oh * ow;
   const bool direct = is_pointwise(s);
+  const int64_t nb = images_per_chunk(n, hw, g);
+  if (nb > 0) {
+    const int64_t k1 = s.in_channels * s.kh * s.kw;
+    Tensor cols = Tensor::empty({k1 * nb * hw}), out = Tensor::empty({s.out_channels * nb * hw});
+    for (int64_t img0 = 0; img0 < n; img0 += nb) {
+      const int64_t m = std::min(nb, n - img0);
+      columns_batch(x, img0, m, oh, ow, s, direct, cols.data());
+      gemm(false, false, s.out_channels, m * hw, k1, w.data(), k1, cols.data(), m * hw, 0.0f,
+           out.data(), m * hw);
+      scatter_images(out.data(), img0, m, b, /*accumulate=*/false, y);
+    }
+    return y;
+  }
   Tensor col = Tensor::empty({direct ? 0 : k * hw});  // scratch, from the block cache
   for (int64_t img = 0; img < n; ++img) {
     for (int64_t gi = 0; gi < g; ++gi) {
@@ -191,6 +309,21 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s
   const int64_t g = s.groups, cin_g = s.in_channels / g, cout_g = s.out_channels / g;
   const int64_t k = cin_g * s.kh * s.kw;
   const bool direct = is_pointwise(s);
+  const int64_t nb = images_per_chunk(n, hw, g);
+  if (nb > 0) {
+    Tensor gys = Tensor::empty({s.out_channels * nb * hw}), gcol = Tensor::empty({k * nb * hw});
+    for (int64_t img0 = 0; img0 < n; img0 += nb) {
+      const int64_t m = std::min(nb, n - img0);
+      gather_images(gy, img0, m, gys.data());
+      gemm(true, false, k, m * hw, s.out_channels, w.data(), k, gys.data(), m * hw, 0.0f,
+           gcol.data(), m * hw);
+      if (direct)
+        scatter_images(gcol.data(), img0, m, nullptr, /*accumulate=*/true, gx);
+      else
+        col2im_add_batch(gcol.data(), img0, m, oh, ow, s, gx);
+    }
+    return;
+  }
   Tensor col = Tensor::empty({direct ? 0 : k * hw});  // scratch, from the block cache
   for (int64_t img = 0; img < n; ++img)
     for (int64_t gi = 0; gi < g; ++gi) {
@@ -218,8 +351,19 @@ void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dSpec&
   if (gw) {
     check_shape(*gw, {s.out_channels, cin_g, s.kh, s.kw}, "conv2d weight gradient");
     const bool direct = is_pointwise(s);
-    Tensor col = Tensor::empty({direct ? 0 : k * hw});  // scratch, from the block cache
-    for (int64_t img = 0; img < n; ++img)
+    const int64_t nb = images_per_chunk(n, hw, g);
+    if (nb > 0) {
+      Tensor gys = Tensor::empty({s.out_channels * nb * hw}), cols = Tensor::empty({k * nb * hw});
+      for (int64_t img0 = 0; img0 < n; img0 += nb) {
+        const int64_t m = std::min(nb, n - img0);
+        gather_images(gy, img0, m, gys.data());
+        columns_batch(x, img0, m, oh, ow, s, direct, cols.data());
+        gemm(false, true, s.out_channels, k, m * hw, gys.data(), m * hw, cols.data(), m * hw, 1.0f,
+             gw->data(), k);
+      }
+    }
+    Tensor col = Tensor::empty({direct || nb > 0 ? 0 : k * hw});  // scratch, from the block cache
+    for (int64_t img = 0; nb == 0 && img < n; ++img)
       for (int64_t gi = 0; gi < g; ++gi) {
         const float* xg = x.data() + (img * s.in_channels + gi * cin_g) * h * wd;
         const float* bmat = conv_columns(xg, cin_g, h, wd, oh, ow, s, direct, col);

@@ -1143,6 +1143,11 @@ std::vector<ConvCase> conv_cases() {
       {"1x1 groups2 direct", {2, 8, 5, 5}, conv_spec(8, 4, 1, 1, 1, 1, 0, 0, 1, 1, 2), true},
       {"3x3 larger (threaded GEMM)", {2, 32, 20, 20}, conv_spec(32, 64, 3, 3, 1, 1, 1, 1), true},
       {"1x1 larger (threaded GEMM)", {2, 64, 14, 14}, conv_spec(64, 96, 1, 1), false},
+      // Small feature maps: images side by side in one GEMM, in chunks (6 + 1 here).
+      {"3x3 p1 batch 7, chunked images", {7, 5, 10, 10}, conv_spec(5, 6, 3, 3, 1, 1, 1, 1), true},
+      {"1x1 direct batch 5, 2x2 maps", {5, 12, 2, 2}, conv_spec(12, 10, 1, 1), false},
+      {"1x1 s2 batch 4, 1x1 output", {4, 8, 2, 2}, conv_spec(8, 16, 1, 1, 2, 2), true},
+      {"3x3 s2 p1 batch 3, 2x2 output", {3, 16, 4, 4}, conv_spec(16, 8, 3, 3, 2, 2, 1, 1), true},
   };
 }
 }  // namespace
