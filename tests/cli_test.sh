@@ -6,34 +6,7 @@ ISPLIT=$1
 FIXTURES=$2
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 PY=/usr/bin/python3
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-passed=0
-failed=0
-
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
-
-# expect CODE PATTERN -- command...: exit code and a stderr line matching PATTERN.
-expect() {
-  local code=$1 pattern=$2
-  shift 3
-  "$@" >"$WORK/out" 2>"$WORK/err"
-  local rc=$?
-  if [ "$rc" -ne "$code" ]; then
-    bad "$* exited $rc, expected $code; stderr: $(head -c 300 "$WORK/err")"
-    return
-  fi
-  if [ -n "$pattern" ] && ! grep -qE -- "$pattern" "$WORK/err"; then
-    bad "$*: stderr does not match '$pattern': $(head -c 300 "$WORK/err")"
-    return
-  fi
-  if [ "$code" -eq 1 ] && [ "$(wc -l <"$WORK/err")" -ne 1 ]; then
-    bad "$*: error message is not one line: $(cat "$WORK/err")"
-    return
-  fi
-  ok
-}
+source "$(dirname "$0")/harness.sh"
 
 W=$FIXTURES/resnet50_64/weights.safetensors
 IMG=$SRC/data/sample/sample.png
@@ -149,5 +122,4 @@ expect 1 "nowhere" -- "$ISPLIT" analyze --model resnet50 --weights "$W" --data "
 expect 2 "" -- "$ISPLIT" analyze --model resnet50 --weights "$W" --data "$WORK/empty" --out "$WORK/x" --method saliency
 expect 1 "shard" -- "$ISPLIT" analyze --model resnet50 --weights "$W" --data "$WORK/empty" --out "$WORK/x" --shard 3/2
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+summary

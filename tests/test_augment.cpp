@@ -20,8 +20,10 @@
 #include "data/dataset.h"
 #include "data/image.h"
 #include "data/loader.h"
+#include "tests/test_util.h"
 
 using namespace isplit;
+using namespace isplit::testing;
 namespace fs = std::filesystem;
 
 namespace {
@@ -93,31 +95,6 @@ Draw recover_draw(const Tensor& in, const Augment& aug, const Normalize& norm, u
   return found[0];
 }
 
-// A fresh directory under the system temp dir, removed on destruction.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("isplit_augment_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-void put_be32(std::vector<uint8_t>& v, uint32_t x) {
-  for (int s = 24; s >= 0; s -= 8) v.push_back(static_cast<uint8_t>(x >> s));
-}
-
-void write_bytes(const fs::path& p, const std::vector<uint8_t>& bytes) {
-  std::ofstream out(p, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-}
-
 // Writes an uncompressed IDX pair of n side x side grey images with varied pixels (labels
 // i % 3) into dir; returns the images file path.
 fs::path write_idx(const fs::path& dir, uint32_t n, uint32_t side) {
@@ -132,17 +109,11 @@ fs::path write_idx(const fs::path& dir, uint32_t n, uint32_t side) {
   put_be32(labels, n);
   for (uint32_t i = 0; i < n; ++i) labels.push_back(static_cast<uint8_t>(i % 3));
   const fs::path path = dir / "t10k-images-idx3-ubyte";
-  write_bytes(path, images);
-  write_bytes(dir / "t10k-labels-idx1-ubyte", labels);
+  write_raw(path, images);
+  write_raw(dir / "t10k-labels-idx1-ubyte", labels);
   return path;
 }
 
-std::vector<Batch> drain(BatchLoader& loader) {
-  std::vector<Batch> out;
-  Batch b;
-  while (loader.next(b)) out.push_back(b);
-  return out;
-}
 
 }  // namespace
 
@@ -391,7 +362,7 @@ TEST_CASE("shuffle: a deterministic, seed-dependent, unbiased permutation with a
 }
 
 TEST_CASE("batch loader augment: identical batches for 1 and 3 threads, matching augment_sample") {
-  TempDir tmp;
+  TempDir tmp("augment");
   const int S = 8;
   const auto ds = open_dataset(write_idx(tmp.path, 10, S).string());
   // Every sample three times, shuffled: repeats of an index get the same augmentation.

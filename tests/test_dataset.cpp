@@ -16,27 +16,13 @@
 #include "data/dataset.h"
 #include "data/image.h"
 #include "data/loader.h"
+#include "tests/test_util.h"
 
 using namespace isplit;
+using namespace isplit::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh directory under the system temp dir, removed on destruction.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("isplit_dataset_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 // A small RGB image whose pixels depend on `id`.
 Image make_image(int id, int w = 5, int h = 4) {
@@ -76,12 +62,6 @@ void write_bytes(const fs::path& p, const std::vector<uint8_t>& bytes, bool gzip
   }
 }
 
-void put_be32(std::vector<uint8_t>& v, uint32_t x) {
-  v.push_back(static_cast<uint8_t>(x >> 24));
-  v.push_back(static_cast<uint8_t>(x >> 16));
-  v.push_back(static_cast<uint8_t>(x >> 8));
-  v.push_back(static_cast<uint8_t>(x));
-}
 
 std::vector<uint8_t> idx_images(uint32_t magic, uint32_t n, uint32_t rows, uint32_t cols,
                                 size_t payload) {
@@ -173,19 +153,13 @@ fs::path make_image_folder(const fs::path& root) {
   return root;
 }
 
-std::vector<Batch> drain(BatchLoader& loader) {
-  std::vector<Batch> out;
-  Batch b;
-  while (loader.next(b)) out.push_back(b);
-  return out;
-}
 
 }  // namespace
 
 TEST_SUITE("dataset") {
 
 TEST_CASE("image folder: classes, order, hidden files, nested folders") {
-  TempDir tmp;
+  TempDir tmp("dataset");
   const fs::path root = make_image_folder(tmp.path / "folder");
   const auto ds = open_dataset(root.string());
   CHECK(ds->kind() == "image-folder");
@@ -213,7 +187,7 @@ TEST_CASE("image folder: classes, order, hidden files, nested folders") {
 }
 
 TEST_CASE("batch loader: order, values, skipped files, thread independence") {
-  TempDir tmp;
+  TempDir tmp("dataset");
   const fs::path root = make_image_folder(tmp.path / "folder");
   const auto ds = open_dataset(root.string());
   std::vector<size_t> all(ds->size());
@@ -265,7 +239,7 @@ TEST_CASE("batch loader: order, values, skipped files, thread independence") {
 }
 
 TEST_CASE("tiny-imagenet: wnids sorted, words names, val and train splits") {
-  TempDir tmp;
+  TempDir tmp("dataset");
   const fs::path root = tmp.path / "tiny";
   write_text(root / "wnids.txt", "n02\nn01\n");
   write_text(root / "words.txt", "n01\tgoldfish, Carassius auratus\nn99\tother\nn02\tcrane\n");
@@ -309,7 +283,7 @@ TEST_CASE("tiny-imagenet: wnids sorted, words names, val and train splits") {
 }
 
 TEST_CASE("idx: plain and gzip, labels beside, classes.txt") {
-  TempDir tmp;
+  TempDir tmp("dataset");
   const fs::path plain = write_idx(tmp.path / "plain", false);
   check_idx(*open_dataset(plain.string()), plain.string());
   const fs::path gz = write_idx(tmp.path / "gz", true);
@@ -340,7 +314,7 @@ TEST_CASE("idx: plain and gzip, labels beside, classes.txt") {
 }
 
 TEST_CASE("idx: corrupt files are rejected with the file named") {
-  TempDir tmp;
+  TempDir tmp("dataset");
   const uint32_t n = static_cast<uint32_t>(kIdxLabels.size());
   const size_t payload = size_t{n} * kRows * kCols;
   for (bool gzip : {false, true}) {
@@ -393,7 +367,7 @@ TEST_CASE("idx: corrupt files are rejected with the file named") {
 }
 
 TEST_CASE("open_dataset: missing path, empty folders, unknown layouts") {
-  TempDir tmp;
+  TempDir tmp("dataset");
   expect_error([&] { open_dataset((tmp.path / "missing").string()); },
                {(tmp.path / "missing").string(), "not found"});
   const fs::path empty = tmp.path / "empty";
@@ -409,7 +383,7 @@ TEST_CASE("open_dataset: missing path, empty folders, unknown layouts") {
 }
 
 TEST_CASE("select_indices: class filter, then limit, then shard") {
-  TempDir tmp;
+  TempDir tmp("dataset");
   const auto ds = open_dataset(write_idx(tmp.path, false).string());
   // labels: 2 0 1 2 7 1 2 2 0 2
   CHECK(select_indices(*ds, {}, 0, 0, 1) == std::vector<size_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
@@ -435,7 +409,7 @@ TEST_CASE("select_indices: class filter, then limit, then shard") {
 }
 
 TEST_CASE("batch loader: idx batches, stop mid-stream, bad arguments") {
-  TempDir tmp;
+  TempDir tmp("dataset");
   const auto ds = open_dataset(write_idx(tmp.path, true).string());
   std::vector<size_t> idx;
   for (int r = 0; r < 50; ++r)

@@ -8,33 +8,7 @@ FIXTURES=$2
 PY=/usr/bin/python3
 TOOLS=$(cd "$(dirname "$0")/../tools" && pwd)
 FM=/usr/share/datasets/fashion-mnist
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
-
-# expect CODE PATTERN -- command...: exit code and a stderr line matching PATTERN.
-expect() {
-  local code=$1 pattern=$2
-  shift 3
-  "$@" >"$WORK/out" 2>"$WORK/err"
-  local rc=$?
-  if [ "$rc" -ne "$code" ]; then
-    bad "$* exited $rc, expected $code; stderr: $(head -c 400 "$WORK/err")"
-    return
-  fi
-  if [ -n "$pattern" ] && ! grep -qE -- "$pattern" "$WORK/err"; then
-    bad "$*: stderr does not match '$pattern': $(head -c 400 "$WORK/err")"
-    return
-  fi
-  if [ "$code" -eq 1 ] && [ "$(wc -l <"$WORK/err")" -ne 1 ]; then
-    bad "$*: error message is not one line: $(cat "$WORK/err")"
-    return
-  fi
-  ok
-}
+source "$(dirname "$0")/harness.sh"
 
 if [ ! -e "$FM/train-images-idx3-ubyte.gz" ]; then
   echo "SKIP: $FM not installed (dataset-fashion-mnist)"
@@ -142,5 +116,4 @@ expect 1 "padding" -- $T --data $FM --batch-size 32 --epochs 1 --lr 0.1 --pad 40
 [ -e "$WORK/x.safetensors" ] && bad "a failed run left weights behind" || ok
 expect 1 "nowhere" -- "$ISPLIT" eval --model resnet50 --weights "$WORK/nowhere.safetensors" --data $FM
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+summary
