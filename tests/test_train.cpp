@@ -23,6 +23,10 @@ Tensor random_images(int64_t n, int64_t size, uint32_t seed) {
 
 TEST_SUITE("train") {
   TEST_CASE("train: steady-state steps take no fresh memory and the loss is reproducible") {
+    // Start from an empty block cache with room to spare: blocks other tests left behind
+    // must not crowd this test's blocks out of the cache.
+    set_tensor_cache_limit(0);
+    set_tensor_cache_limit(size_t{4} << 30);
     auto model = build_model("resnet50", 10, 3);
     model->set_training(true);
     OptimizerConfig oc;
