@@ -5,7 +5,7 @@ JOBS ?= $(shell nproc)
 FIXTURES := $(BUILD)/fixtures
 PY := /usr/bin/python3
 
-.PHONY: all deps build fixtures run model test bench clean
+.PHONY: all deps build fixtures run model test bench clean test-aarch64
 
 all: build
 
@@ -56,6 +56,46 @@ $(RESNET_FM).done: | build
 
 test: build fixtures
 	cd $(BUILD) && ctest --output-on-failure
+
+# AArch64: cross build (cmake/aarch64-linux-gnu.cmake: static isplit and isplit_tests,
+# libisplit_*.a) and a short run under qemu user-mode emulation on two CPU models: the unit
+# tests that fit emulation (the NEON kernels against the scalar references among them),
+# `isplit info` and a 32x32 `isplit predict` with seeded weights. Not part of `test` yet;
+# docs/arm.md has the timings. Emulation is 10-50x slower than native, so the suites that
+# run whole models (conformance*, models) and the slowest whole-model or statistics tests
+# are left to the native run.
+BUILD_ARM ?= build-aarch64
+QEMU_CPUS ?= cortex-a72 max
+ARM_WEIGHTS := $(BUILD_ARM)/resnet50-seed1-c10.safetensors
+ARM_TSE := conformance*,models
+comma := ,
+ARM_TCE := batch size*shards*,relu-grad pre*,report outputs,train: steady-state*,\
+  train: dropout masks*,train: labels must fit*,grad: a small network*,grad: a smooth network*,\
+  grad: MaxPool2d*,grad: Add (two inputs*,augment: offsets cover*,export_torchvision.py*,\
+  every F16 and BF16 bit pattern*,tools/safetensors_io.py*
+
+$(ARM_WEIGHTS): tools/export_torchvision.py tools/safetensors_io.py | deps
+	mkdir -p $(BUILD_ARM)
+	$(PY) tools/export_torchvision.py --model resnet50 --seed 1 --num-classes 10 --out $@
+
+test-aarch64: deps $(ARM_WEIGHTS)
+	cmake -S . -B $(BUILD_ARM) -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake
+	cmake --build $(BUILD_ARM) -j $(JOBS)
+	@set -e; for cpu in $(QEMU_CPUS); do \
+	  q="qemu-aarch64-static -cpu $$cpu"; \
+	  t0=$$(date +%s); \
+	  echo "== $$q: isplit_tests"; \
+	  $$q $(BUILD_ARM)/isplit_tests --test-suite-exclude='$(ARM_TSE)' \
+	    --test-case-exclude='$(subst $(comma) ,$(comma),$(ARM_TCE))'; \
+	  t1=$$(date +%s); \
+	  echo "== $$q: isplit info / predict"; \
+	  $$q $(BUILD_ARM)/isplit info --model resnet50 >/dev/null; \
+	  $$q $(BUILD_ARM)/isplit predict --model resnet50 --weights $(ARM_WEIGHTS) \
+	    --input-size 32 --topk 3 data/sample/sample.png; \
+	  t2=$$(date +%s); \
+	  echo "== $$q: tests $$((t1 - t0)) s, info+predict $$((t2 - t1)) s"; \
+	done
 
 bench: build
 	$(BUILD)/isplit_bench

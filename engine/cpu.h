@@ -6,7 +6,9 @@ namespace isplit {
 
 enum class Isa { Scalar, Avx2, Avx512, Neon };
 
-// The best ISA both compiled in and supported by this CPU.
+// The best ISA both compiled in and supported by this CPU: on x86-64 chosen at run time
+// (cpuid) among AVX-512 and AVX2; on AArch64 NEON, chosen at build time (Advanced SIMD is
+// part of the base ISA).
 Isa best_isa();
 // The ISA the kernels dispatch to: best_isa(), or the ISPLIT_ISA environment variable
 // (scalar, avx2, avx512, neon) when it names a supported one, or set_active_isa().

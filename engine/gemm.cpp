@@ -16,6 +16,9 @@ Kernel kernel_for(Isa isa) {
     case Isa::Avx512: return gemm_avx512;
     case Isa::Avx2: return gemm_avx2;
 #endif
+#if defined(ISPLIT_HAVE_NEON_KERNELS)
+    case Isa::Neon: return gemm_neon;
+#endif
     default: return gemm_scalar;
   }
 }

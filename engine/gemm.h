@@ -39,5 +39,6 @@ inline void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, co
 void gemm_scalar(const GemmArgs& args);
 void gemm_avx2(const GemmArgs& args);
 void gemm_avx512(const GemmArgs& args);
+void gemm_neon(const GemmArgs& args);
 
 }  // namespace isplit

@@ -127,10 +127,10 @@ void run_and_check(Isa isa, const Problem& p) {
   check_against_reference(p, c, describe(isa, p));
 }
 
-// The ISAs this build and CPU can run.
+// The ISAs this build and CPU can run (Neon on AArch64 builds, the x86 ones by cpuid).
 std::vector<Isa> supported_isas() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon})
     if (isa_supported(isa)) out.push_back(isa);
   return out;
 }
