@@ -36,7 +36,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 FMNIST := $(FMNIST_DIR)/t10k-images-idx3-ubyte.gz
 RESNET_FM := $(MODELS)/resnet50-fashion-mnist.safetensors
 RESNET_FM_RECIPE := --model resnet50 --data $(FMNIST_DIR) --val $(FMNIST_DIR) --input-size 32 \
-  --epochs 12 --batch-size 64 --optimizer sgd --lr 0.05 --momentum 0.9 --nesterov \
+  --epochs 12 --batch-size 64 --optimizer sgd --lr 0.02 --momentum 0.9 --nesterov \
   --weight-decay 5e-4 --schedule cosine --warmup 1 --pad 2 --hflip --seed 1 \
   --checkpoint-steps 200
 
