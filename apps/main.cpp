@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "apps/analyze.h"
+#include "apps/bench_cmd.h"
 #include "apps/train_cmd.h"
 #include "data/image.h"
 #include "engine/cpu.h"
@@ -244,6 +245,8 @@ int main(int argc, char** argv) {
   auto* train = add_train_command(app, train_args);
   EvalArgs eval_args;
   auto* eval = add_eval_command(app, eval_args);
+  BenchArgs bench_args;
+  auto* bench = add_bench_command(app, bench_args);
 
   try {
     app.parse(argc, argv);
@@ -265,6 +268,7 @@ int main(int argc, char** argv) {
     if (*merge) return run_merge(merge_parts, merge_out);
     if (*train) return run_train(train_args);
     if (*eval) return run_eval(eval_args);
+    if (*bench) return run_bench(bench_args);
     if (*predict) {
       set_num_threads(pred_opts.threads);
       return run_predict(pred_opts, weights, mean, stdev, topk, logits_csv, labels, images);

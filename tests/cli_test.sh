@@ -122,4 +122,17 @@ expect 1 "nowhere" -- "$ISPLIT" analyze --model resnet50 --weights "$W" --data "
 expect 2 "" -- "$ISPLIT" analyze --model resnet50 --weights "$W" --data "$WORK/empty" --out "$WORK/x" --method saliency
 expect 1 "shard" -- "$ISPLIT" analyze --model resnet50 --weights "$W" --data "$WORK/empty" --out "$WORK/x" --shard 3/2
 
+# --- bench: timings and peak memory as JSON
+expect 0 "" -- "$ISPLIT" bench --model resnet50 --input-size 32 --iters 2 --warmup 0 --json
+$PY -c "
+import json; d = json.load(open('$WORK/out'))
+assert d['mode'] == 'forward' and d['iters'] == 2 and len(d['times_ms']) == 2, d
+assert 0 < d['min_ms'] <= d['median_ms'] <= d['max_ms'], d
+assert d['weights_bytes'] == 25557032 * 4 and d['peak_rss_bytes'] > d['weights_bytes'], d
+" && ok || bad "bench --json"
+expect 0 "" -- "$ISPLIT" bench --model resnet50 --mode train --input-size 32 --batch 2 --iters 1 --warmup 0
+grep -q "images/s" "$WORK/out" && ok || bad "bench prints no images/s"
+expect 1 "at least 2" -- "$ISPLIT" bench --model resnet50 --mode train --batch 1
+expect 2 "" -- "$ISPLIT" bench --model resnet50 --mode backward
+
 summary

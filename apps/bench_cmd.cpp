@@ -1,0 +1,119 @@
+#include "apps/bench_cmd.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "engine/cpu.h"
+#include "engine/parallel.h"
+#include "train/step.h"
+
+namespace isplit {
+
+namespace {
+
+// Peak resident set of this process so far, in bytes.
+long long peak_rss_bytes() {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return -1;
+  return static_cast<long long>(ru.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+}  // namespace
+
+CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
+  auto* cmd = app.add_subcommand("bench", "time forward, importance or training steps of a whole model");
+  cmd->add_option("--model", a.model, "vgg16 or resnet50")->required()->check(CLI::IsMember({"vgg16", "resnet50"}));
+  cmd->add_option("--mode", a.mode, "forward (BatchNorm folded), importance (forward + backward to every layer output) or train (SGD step)")
+      ->check(CLI::IsMember({"forward", "importance", "train"}));
+  cmd->add_option("--input-size", a.input_size, "input height and width (default 224)")->check(CLI::Range(32, 4096));
+  cmd->add_option("--batch", a.batch, "images per pass (default 1; train needs >= 2)")->check(CLI::Range(1, 65536));
+  cmd->add_option("--threads", a.threads, "worker threads (default: all cores)")->check(CLI::Range(0, 1024));
+  cmd->add_option("--iters", a.iters, "timed passes (default 10)")->check(CLI::Range(1, 100000));
+  cmd->add_option("--warmup", a.warmup, "untimed passes first (default 2)")->check(CLI::Range(0, 100000));
+  cmd->add_option("--num-classes", a.num_classes, "classifier width (default 1000; 10 for train)")->check(CLI::PositiveNumber);
+  cmd->add_flag("--json", a.json, "print one JSON object");
+  return cmd;
+}
+
+int run_bench(const BenchArgs& a) {
+  set_num_threads(a.threads);
+  if (a.mode == "train" && a.batch < 2) throw Error("--batch: train mode needs at least 2 images (BatchNorm batch statistics)");
+  const int64_t classes = a.num_classes > 0 ? a.num_classes : (a.mode == "train" ? 10 : 1000);
+  auto model = build_model(a.model, classes, 1);
+  const long long weights = static_cast<long long>(model->parameter_count()) * 4;  // before folding
+  const int64_t S = a.input_size, B = a.batch;
+  Tensor x = Tensor::empty({B, 3, S, S});
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = dist(rng);
+  std::vector<int> labels(static_cast<size_t>(B));
+  for (int64_t i = 0; i < B; ++i) labels[static_cast<size_t>(i)] = static_cast<int>(i % classes);
+
+  std::unique_ptr<Optimizer> opt;
+  if (a.mode == "forward") {
+    model->fold_batchnorm();
+  } else if (a.mode == "train") {
+    model->set_training(true);
+    OptimizerConfig oc;
+    oc.weight_decay = 5e-4;
+    opt = std::make_unique<Optimizer>(model->named_parameters(), oc);
+  }
+  auto pass = [&] {
+    if (a.mode == "forward") {
+      (void)model->predict(x);
+    } else if (a.mode == "importance") {
+      Tape tape = Tape::activations_only();
+      Var out = model->forward(&tape, tape.input(x));
+      Tensor seed = Tensor::zeros(out.value.shape());
+      for (int64_t n = 0; n < B; ++n) seed[n * classes + labels[static_cast<size_t>(n)]] = 1.0f;
+      tape.backward(out, seed);
+    } else {
+      train_step(*model, *opt, x, labels, 1e-4);
+    }
+  };
+  for (int i = 0; i < a.warmup; ++i) pass();
+  std::vector<double> ms;
+  for (int i = 0; i < a.iters; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    pass();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::vector<double> sorted = ms;
+  std::sort(sorted.begin(), sorted.end());
+  const size_t n = sorted.size();
+  const double median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+  const long long peak = peak_rss_bytes();
+  if (a.json) {
+    nlohmann::ordered_json j;
+    j["model"] = a.model;
+    j["mode"] = a.mode;
+    j["input_size"] = a.input_size;
+    j["batch"] = a.batch;
+    j["threads"] = num_threads();
+    j["isa"] = isa_name(active_isa());
+    j["iters"] = a.iters;
+    j["median_ms"] = median;
+    j["min_ms"] = sorted.front();
+    j["max_ms"] = sorted.back();
+    j["images_per_s"] = median > 0 ? 1000.0 * B / median : 0.0;
+    j["peak_rss_bytes"] = peak;
+    j["weights_bytes"] = weights;
+    j["times_ms"] = ms;
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
+  std::printf("%s %s %dx%d batch %d, %d threads (%s): median %.2f ms, min %.2f, max %.2f, %.1f images/s; "
+              "peak RSS %.1f MB (weights %.1f MB)\n",
+              a.model.c_str(), a.mode.c_str(), a.input_size, a.input_size, a.batch, num_threads(),
+              isa_name(active_isa()).c_str(), median, sorted.front(), sorted.back(),
+              median > 0 ? 1000.0 * B / median : 0.0, peak / 1e6, weights / 1e6);
+  return 0;
+}
+
+}  // namespace isplit

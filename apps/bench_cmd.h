@@ -1,0 +1,27 @@
+// `isplit bench`: times forward, importance or training steps of a whole model.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+namespace isplit {
+
+// Options of `isplit bench`.
+struct BenchArgs {
+  std::string model = "resnet50";
+  std::string mode = "forward";  // forward | importance | train
+  int input_size = 224;
+  int batch = 1;
+  int threads = 0;
+  int iters = 10;
+  int warmup = 2;
+  int64_t num_classes = 0;  // 0: 1000 (forward, importance) or 10 (train)
+  bool json = false;
+};
+
+// Registers `bench` on app with its options bound to args.
+CLI::App* add_bench_command(CLI::App& app, BenchArgs& args);
+// Runs `isplit bench`; returns the exit code (throws Error on runtime failures).
+int run_bench(const BenchArgs& args);
+
+}  // namespace isplit
