@@ -60,7 +60,7 @@ test: build fixtures
 # AArch64: cross build (cmake/aarch64-linux-gnu.cmake: static isplit and isplit_tests,
 # libisplit_*.a) and a short run under qemu user-mode emulation on two CPU models: the unit
 # tests that fit emulation (the NEON kernels against the scalar references among them),
-# `isplit info` and a 32x32 `isplit predict` with seeded weights. Not part of `test` yet;
+# `isplit info`, a 32x32 `isplit predict` with seeded weights and the C API example. Not part of `test` yet;
 # docs/arm.md has the timings. Emulation is 10-50x slower than native, so the suites that
 # run whole models (conformance*, models) and the slowest whole-model or statistics tests
 # are left to the native run.
@@ -93,6 +93,7 @@ test-aarch64: deps $(ARM_WEIGHTS)
 	  $$q $(BUILD_ARM)/isplit info --model resnet50 >/dev/null; \
 	  $$q $(BUILD_ARM)/isplit predict --model resnet50 --weights $(ARM_WEIGHTS) \
 	    --input-size 32 --topk 3 data/sample/sample.png; \
+	  $$q $(BUILD_ARM)/isplit_capi_example resnet50 $(ARM_WEIGHTS) layer2.0 32; \
 	  t2=$$(date +%s); \
 	  echo "== $$q: tests $$((t1 - t0)) s, info+predict $$((t2 - t1)) s"; \
 	done
