@@ -38,6 +38,25 @@ std::vector<int> parse_int_list(const std::string& text, const std::string& opti
   return out;
 }
 
+// Parses "a,b,c" into three floats; throws Error naming the option.
+void parse_triple(const std::string& text, const char* option, float out[3]) {
+  std::stringstream ss(text);
+  std::string item;
+  int i = 0;
+  while (std::getline(ss, item, ',')) {
+    if (i == 3) throw Error(std::string(option) + ": expected three comma-separated numbers");
+    try {
+      size_t used = 0;
+      out[i] = std::stof(item, &used);
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw Error(std::string(option) + ": '" + item + "' is not a number");
+    }
+    ++i;
+  }
+  if (i != 3) throw Error(std::string(option) + ": expected three comma-separated numbers");
+}
+
 namespace {
 
 ImportanceOptions options_of(const std::string& method, const std::string& target,

@@ -27,6 +27,8 @@ struct AnalyzeArgs {
 int run_analyze(const AnalyzeArgs& args);
 // Merges partial files written by sharded runs into the outputs of one run.
 int run_merge(const std::vector<std::string>& parts, const std::string& out);
+// Parses "a,b,c" into three floats; throws Error naming the option.
+void parse_triple(const std::string& text, const char* option, float out[3]);
 // Parses "a,b,c" into integers; throws Error naming the option.
 std::vector<int> parse_int_list(const std::string& text, const std::string& option);
 

@@ -24,25 +24,6 @@ using namespace isplit;
 
 namespace {
 
-// Parses "a,b,c" into three floats; throws Error naming the option.
-void parse_triple(const std::string& text, const char* option, float out[3]) {
-  std::stringstream ss(text);
-  std::string item;
-  int i = 0;
-  while (std::getline(ss, item, ',')) {
-    if (i == 3) throw Error(std::string(option) + ": expected three comma-separated numbers");
-    try {
-      size_t used = 0;
-      out[i] = std::stof(item, &used);
-      if (used != item.size()) throw std::invalid_argument(item);
-    } catch (const std::exception&) {
-      throw Error(std::string(option) + ": '" + item + "' is not a number");
-    }
-    ++i;
-  }
-  if (i != 3) throw Error(std::string(option) + ": expected three comma-separated numbers");
-}
-
 std::string human(double v, const char* unit) {
   const char* prefixes[] = {"", "K", "M", "G", "T"};
   int p = 0;

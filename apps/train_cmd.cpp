@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "apps/analyze.h"
+#include "apps/progress.h"
 #include "engine/parallel.h"
 #include "engine/safetensors.h"
 
@@ -23,16 +24,6 @@ std::vector<std::string> split_list(const std::string& text) {
   while (std::getline(ss, item, ','))
     if (!item.empty()) out.push_back(item);
   return out;
-}
-
-void parse_triple(const std::string& text, const char* option, float out[3]) {
-  const auto items = split_list(text);
-  if (items.size() != 3) throw Error(std::string(option) + ": expected three comma-separated numbers");
-  for (int i = 0; i < 3; ++i) {
-    char* end = nullptr;
-    out[i] = std::strtof(items[i].c_str(), &end);
-    if (*end != '\0') throw Error(std::string(option) + ": '" + items[i] + "' is not a number");
-  }
 }
 
 std::string clock_text(double s) {
@@ -180,19 +171,10 @@ int run_eval(const EvalArgs& a) {
   if (!a.mean.empty()) parse_triple(a.mean, "--mean", o.norm.mean);
   if (!a.stdev.empty()) parse_triple(a.stdev, "--std", o.norm.std);
   const auto indices = select_indices(*data, {}, static_cast<size_t>(a.limit));
-  const bool tty = isatty(STDERR_FILENO) != 0;
-  bool drawn = false;
-  const auto start = std::chrono::steady_clock::now();
-  o.progress = [&](int64_t done, int64_t total) {
-    if (!tty) return;
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::fprintf(stderr, "\r%lld/%lld images, %.1f images/s   ", static_cast<long long>(done),
-                 static_cast<long long>(total), s > 0 ? done / s : 0.0);
-    std::fflush(stderr);
-    drawn = true;
-  };
+  Progress progress("images", static_cast<long>(indices.size()));
+  o.progress = [&](int64_t done, int64_t) { progress.update(static_cast<long>(done)); };
   const EvalResult r = evaluate(*model, *data, indices, o);
-  if (drawn) std::fputc('\n', stderr);
+  progress.finish();
   if (r.skipped > 0)
     std::cerr << "isplit: " << r.skipped << " images could not be read; first: " << r.errors.front() << "\n";
   if (r.count == 0) throw Error(a.data + ": no image could be evaluated");
