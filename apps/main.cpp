@@ -18,6 +18,7 @@
 #include "engine/cpu.h"
 #include "engine/parallel.h"
 #include "isplit/analysis/report.h"
+#include "models/memory.h"
 #include "models/model.h"
 
 using namespace isplit;
@@ -58,8 +59,48 @@ void add_common(CLI::App* cmd, Common& c) {
       ->check(CLI::Range(0, 1024));
 }
 
-int run_info(const Common& c, bool all, bool json) {
-  auto model = build_model(c.model, c.num_classes > 0 ? c.num_classes : 1000);
+// Bytes in binary units ("1.50 MiB").
+std::string human_bytes(double v) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (v >= 1024.0 && u < 4) {
+    v /= 1024.0;
+    ++u;
+  }
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(u == 0 ? 0 : 2) << v << " " << units[u];
+  return os.str();
+}
+
+// Prints shapes, sizes, FLOPs and the memory of running the head up to each cut point; with
+// cut, only that cut point, whose head alone is built and run to measure it.
+int run_info(const Common& c, bool all, bool json, const std::string& cut, int batch) {
+  const int64_t classes = c.num_classes > 0 ? c.num_classes : 1000;
+  if (!cut.empty()) {
+    bool known = false;
+    std::string names;
+    for (const CutPoint& p : cut_point_names(c.model)) {
+      known |= p.name == cut;
+      names += (names.empty() ? "" : ", ") + p.name;
+    }
+    if (!known) {
+      std::cerr << "isplit: --cut: unknown cut point '" << cut << "' for " << c.model
+                << " (valid: " << names << ")\n";
+      return 2;
+    }
+  }
+  // The whole network gives the totals and per-stage figures; memory is measured on it in
+  // one pass, or, for one cut point, on that head built alone.
+  auto model = build_model(c.model, classes);
+  const Shape input = {batch, 3, c.input_size, c.input_size};
+  const std::vector<HeadMemory> memory =
+      cut.empty() ? measure_cut_memory(*model, input)
+                  : std::vector<HeadMemory>{measure_head(c.model, classes, cut, input)};
+  auto memory_of = [&](const std::string& name) -> const HeadMemory* {
+    for (const HeadMemory& h : memory)
+      if (h.cut == name) return &h;
+    return nullptr;
+  };
   const auto stages = model->stage_info({1, 3, c.input_size, c.input_size});
   const int64_t total_params = model->parameter_count();
   double total_flops = 0;
@@ -67,32 +108,46 @@ int run_info(const Common& c, bool all, bool json) {
   double head_flops = 0;
   int64_t head_params = 0;
   std::ostringstream out;
-  if (json) out << "{\"model\":\"" << c.model << "\",\"input_size\":" << c.input_size
-                << ",\"num_classes\":" << model->num_classes() << ",\"params\":" << total_params
-                << ",\"flops\":" << total_flops << ",\"cut_points\":[";
+  if (json)
+    out << "{\"model\":\"" << c.model << "\",\"input_size\":" << c.input_size
+        << ",\"batch\":" << batch << ",\"num_classes\":" << model->num_classes()
+        << ",\"params\":" << total_params << ",\"flops\":" << total_flops
+        << ",\"cut_points\":[";
   else
     out << c.model << " at " << c.input_size << "x" << c.input_size << ", "
         << model->num_classes() << " classes: " << human(double(total_params), "params") << ", "
-        << human(total_flops, "FLOP") << " per image\n"
+        << human(total_flops, "FLOP") << " per image; head memory at batch " << batch << "\n"
         << std::left << std::setw(4) << "#" << std::setw(13) << "cut point" << std::setw(14)
         << "output CxHxW" << std::right << std::setw(14) << "output bytes" << std::setw(14)
-        << "head params" << std::setw(14) << "head FLOPs" << "\n";
+        << "head params" << std::setw(12) << "head FLOPs" << std::setw(14) << "head weights"
+        << std::setw(14) << "peak memory" << "\n";
   int index = 0;
   bool first = true;
   for (const auto& s : stages) {
     head_flops += s.flops;
     head_params += s.params;
-    if (!s.cut || (!all && !s.is_default)) continue;
+    if (!s.cut) continue;
+    const bool listed = cut.empty() ? (all || s.is_default) : s.name == cut;
+    const HeadMemory* mem = memory_of(s.name);
+    if (!listed || !mem) {
+      index += all || s.is_default ? 1 : 0;
+      continue;
+    }
     const int64_t bytes = shape_numel(s.out_shape) * 4;
     if (json) {
       out << (first ? "" : ",") << "{\"index\":" << index << ",\"name\":\"" << s.name
           << "\",\"out_shape\":\"" << chw(s.out_shape) << "\",\"out_bytes\":" << bytes
           << ",\"default\":" << (s.is_default ? "true" : "false")
-          << ",\"head_params\":" << head_params << ",\"head_flops\":" << head_flops << "}";
+          << ",\"head_params\":" << head_params << ",\"head_flops\":" << head_flops
+          << ",\"head_weight_bytes\":" << mem->weight_bytes
+          << ",\"activation_bytes\":" << mem->activation_bytes
+          << ",\"peak_bytes\":" << mem->peak_bytes() << "}";
     } else {
       out << std::left << std::setw(4) << index << std::setw(13) << s.name << std::setw(14)
           << chw(s.out_shape) << std::right << std::setw(14) << bytes << std::setw(14)
-          << head_params << std::setw(14) << human(head_flops, "") << "\n";
+          << head_params << std::setw(12) << human(head_flops, "") << std::setw(14)
+          << human_bytes(double(mem->weight_bytes)) << std::setw(14)
+          << human_bytes(double(mem->peak_bytes())) << "\n";
     }
     first = false;
     ++index;
@@ -169,6 +224,12 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   info->add_flag("--all", info_all, "every module output, not only the default cut points");
   info->add_flag("--json", info_json, "print one JSON object");
+  std::string info_cut;
+  int info_batch = 1;
+  info->add_option("--cut", info_cut,
+                   "only this cut point; its head is built alone to measure its memory");
+  info->add_option("--batch", info_batch, "images per run for the memory figures (default 1)")
+      ->check(CLI::Range(1, 4096));
 
   Common pred_opts;
   std::string weights, mean, stdev, logits_csv, labels;
@@ -238,7 +299,7 @@ int main(int argc, char** argv) {
   try {
     if (*info) {
       set_num_threads(info_opts.threads);
-      return run_info(info_opts, info_all, info_json);
+      return run_info(info_opts, info_all, info_json, info_cut, info_batch);
     }
     if (*analyze) {
       set_num_threads(an_threads);

@@ -82,20 +82,23 @@ isplit_status guarded(const char* fn, char* err, size_t err_len, isplit_status f
 }
 
 // "a, b, c" of the model's cut point names.
-std::string cut_names(const isplit::Model& m) {
+std::string cut_names(const std::string& arch) {
   std::string s;
-  for (const isplit::CutPoint& c : m.cut_points(true)) s += (s.empty() ? "" : ", ") + c.name;
+  for (const isplit::CutPoint& c : isplit::cut_point_names(arch))
+    s += (s.empty() ? "" : ", ") + c.name;
   return s;
 }
 
 // Builds the model and loads its weights, mapping failures to FILE and FORMAT.
-std::unique_ptr<isplit::Model> load_weights(const std::string& arch, const std::string& path) {
+// With a cut point only the head's stages are built and loaded.
+std::unique_ptr<isplit::Model> load_weights(const std::string& arch, const std::string& path,
+                                            const std::string& cut) {
   {
     std::ifstream f(path, std::ios::binary);
     if (!f) throw FileError(path + ": cannot open (" + std::strerror(errno) + ")");
   }
   try {
-    return isplit::load_model(arch, path);
+    return isplit::load_model(arch, path, 0, cut);
   } catch (const std::bad_alloc&) {
     throw;
   } catch (const std::exception& e) {
@@ -165,17 +168,20 @@ isplit_status isplit_model_load(const char* arch, const char* weights_path, cons
     }
     auto handle = std::make_unique<isplit_model>();
     handle->cut = cut ? cut : "";
-    handle->model = load_weights(name, weights_path);
+    if (!handle->cut.empty()) {
+      bool known = false;
+      for (const isplit::CutPoint& c : isplit::cut_point_names(name))
+        known |= c.name == handle->cut;
+      if (!known)
+        throw ArgumentError("unknown cut point '" + handle->cut + "' for " + name +
+                            " (valid: " + cut_names(name) + ")");
+    }
+    handle->model = load_weights(name, weights_path, handle->cut);
     handle->model->set_training(false);
-    if (!handle->cut.empty() && !handle->model->has_cut_point(handle->cut))
-      throw ArgumentError("unknown cut point '" + handle->cut + "' for " + name +
-                          " (valid: " + cut_names(*handle->model) + ")");
-    // Folding BatchNorm is faster and gives the same outputs to rounding, but it hides the
-    // outputs of the folded convolutions: keep the unfolded model when the cut is one.
+    // Folding BatchNorm is faster and gives the same outputs to rounding. It hides the
+    // outputs of folded convolutions, but a head ends at its cut point, so a convolution
+    // there has no BatchNorm after it to fold.
     handle->model->fold_batchnorm();
-    if (!handle->cut.empty() && !handle->model->has_cut_point(handle->cut))
-      handle->model = load_weights(name, weights_path);
-    handle->model->set_training(false);
     *out = handle.release();
   });
 }

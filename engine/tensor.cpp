@@ -34,14 +34,29 @@ class BlockCache {
         void* p = it->second.back();
         it->second.pop_back();
         cached_ -= bytes;
+        note_live(bytes);
         return p;
       }
     }
+    void* p = std::aligned_alloc(kAlign, bytes);
+    if (!p) return nullptr;
     if (bytes >= kMinCached) fresh_.fetch_add(bytes, std::memory_order_relaxed);
-    return std::aligned_alloc(kAlign, bytes);
+    note_live(bytes);
+    return p;
   }
   size_t fresh() const { return fresh_.load(std::memory_order_relaxed); }
+  size_t live() const { return live_.load(std::memory_order_relaxed); }
+  size_t peak() const { return peak_.load(std::memory_order_relaxed); }
+  void reset_peak() { peak_.store(live(), std::memory_order_relaxed); }
+  // Adds (or, negative, removes) bytes the cache does not hand out itself.
+  void track(std::ptrdiff_t delta) {
+    if (delta >= 0)
+      note_live(size_t(delta));
+    else
+      live_.fetch_sub(size_t(-delta), std::memory_order_relaxed);
+  }
   void give(void* p, size_t bytes) {
+    live_.fetch_sub(bytes, std::memory_order_relaxed);
     std::lock_guard<std::mutex> lock(mutex_);
     if (bytes < kMinCached || cached_ + bytes > limit_) {
       std::free(p);
@@ -71,7 +86,16 @@ class BlockCache {
   std::unordered_map<size_t, std::vector<void*>> free_;
   size_t cached_ = 0;
   std::atomic<size_t> fresh_{0};
+  std::atomic<size_t> live_{0}, peak_{0};
   size_t limit_ = default_limit();
+
+  // Counts a block handed out and raises the high-water mark.
+  void note_live(size_t bytes) {
+    const size_t now = live_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    size_t seen = peak_.load(std::memory_order_relaxed);
+    while (now > seen && !peak_.compare_exchange_weak(seen, now, std::memory_order_relaxed)) {
+    }
+  }
 
   // A quarter of physical memory, at most 8 GiB.
   static size_t default_limit() {
@@ -97,6 +121,14 @@ void set_tensor_cache_limit(size_t bytes) { BlockCache::instance().set_limit(byt
 size_t tensor_cache_bytes() { return BlockCache::instance().cached(); }
 
 size_t tensor_fresh_bytes() { return BlockCache::instance().fresh(); }
+
+size_t tensor_live_bytes() { return BlockCache::instance().live(); }
+
+size_t tensor_peak_bytes() { return BlockCache::instance().peak(); }
+
+void reset_tensor_peak_bytes() { BlockCache::instance().reset_peak(); }
+
+void track_scratch_bytes(std::ptrdiff_t delta) { BlockCache::instance().track(delta); }
 
 int64_t shape_numel(const Shape& shape) {
   int64_t n = 1;

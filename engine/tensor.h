@@ -79,6 +79,16 @@ size_t tensor_cache_bytes();
 // Bytes of large blocks (>= 64 KiB) taken from the system rather than from the cache so far
 // (a steady-state loop that allocates nothing new leaves this unchanged).
 size_t tensor_fresh_bytes();
+// Bytes of tensor storage in use now (every live tensor, rounded to 64-byte blocks), plus
+// the kernels' per-thread scratch buffers.
+size_t tensor_live_bytes();
+// Highest tensor_live_bytes() since the start or the last reset_tensor_peak_bytes().
+size_t tensor_peak_bytes();
+// Restarts the high-water mark of tensor_peak_bytes() from the bytes in use now.
+void reset_tensor_peak_bytes();
+// Counts kernel scratch memory (allocated: delta > 0, freed: delta < 0) in
+// tensor_live_bytes() and tensor_peak_bytes(); for the kernels' own buffers.
+void track_scratch_bytes(std::ptrdiff_t delta);
 
 // Throws Error naming `what` when the tensor's shape differs from `expected`.
 void check_shape(const Tensor& t, const Shape& expected, const std::string& what);

@@ -17,20 +17,20 @@ void require4(const Tensor& x, const char* op) {
     throw Error(std::string(op) + ": expected a 4-d NCHW tensor, got " + shape_str(x.shape()));
 }
 
-// Copies the receptive fields of one image and one group into col [K, OH*OW],
-// K = (Cin/g) * kh * kw; out-of-image taps are zero.
-void im2col(const float* x, int64_t channels, int64_t h, int64_t w, int64_t oh, int64_t ow,
-            const Conv2dSpec& s, float* col) {
-  const int64_t taps = s.kh * s.kw;
+// Copies the receptive fields of output rows [y0, y1) of one image and one group into
+// col [K, (y1-y0)*OW], K = (Cin/g) * kh * kw; out-of-image taps are zero.
+void im2col_rows(const float* x, int64_t channels, int64_t h, int64_t w, int64_t y0, int64_t y1,
+                 int64_t ow, const Conv2dSpec& s, float* col) {
+  const int64_t taps = s.kh * s.kw, rows = y1 - y0;
   parallel_for(channels * taps, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const int64_t c = r / taps, t = r % taps;
       const int64_t i = t / s.kw, j = t % s.kw;
       const float* xc = x + c * h * w;
-      float* dst = col + r * oh * ow;
-      for (int64_t y = 0; y < oh; ++y) {
+      float* dst = col + r * rows * ow;
+      for (int64_t y = y0; y < y1; ++y) {
         const int64_t iy = y * s.stride_h - s.pad_h + i * s.dil_h;
-        float* drow = dst + y * ow;
+        float* drow = dst + (y - y0) * ow;
         if (iy < 0 || iy >= h) {
           std::fill(drow, drow + ow, 0.0f);
           continue;
@@ -53,6 +53,22 @@ void im2col(const float* x, int64_t channels, int64_t h, int64_t w, int64_t oh, 
       }
     }
   });
+}
+
+// Copies the receptive fields of one image and one group into col [K, OH*OW].
+void im2col(const float* x, int64_t channels, int64_t h, int64_t w, int64_t oh, int64_t ow,
+            const Conv2dSpec& s, float* col) {
+  im2col_rows(x, channels, h, w, 0, oh, ow, s, col);
+}
+
+// Output rows per im2col band in the forward pass: the column buffer of a large layer
+// (VGG16's second convolution at 224x224 would need 116 MB) is filled and multiplied a band
+// of rows at a time, bounded by kBandBytes, so an inference head's peak memory stays near
+// its activations. The GEMM sums every element in the same order whatever its column
+// count, so banding never changes a result.
+constexpr int64_t kBandBytes = int64_t{4} << 20;
+int64_t band_rows(int64_t k, int64_t oh, int64_t ow) {
+  return std::clamp<int64_t>(kBandBytes / (k * ow * int64_t(sizeof(float))), 1, oh);
 }
 
 // Adds col [K, OH*OW] back into the image gradient (the adjoint of im2col).
@@ -250,13 +266,19 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* b, const C
     }
     return y;
   }
-  Tensor col = Tensor::empty({direct ? 0 : k * hw});  // scratch, from the block cache
+  const int64_t band = direct ? oh : band_rows(k, oh, ow);
+  Tensor col = Tensor::empty({direct ? 0 : k * band * ow});  // scratch, from the block cache
   for (int64_t img = 0; img < n; ++img) {
     for (int64_t gi = 0; gi < g; ++gi) {
       const float* xg = x.data() + (img * s.in_channels + gi * cin_g) * h * wd;
-      const float* bmat = conv_columns(xg, cin_g, h, wd, oh, ow, s, direct, col);
       float* yg = y.data() + (img * s.out_channels + gi * cout_g) * hw;
-      gemm(false, false, cout_g, hw, k, w.data() + gi * cout_g * k, k, bmat, hw, 0.0f, yg, hw);
+      for (int64_t y0 = 0; y0 < oh; y0 += band) {
+        const int64_t y1 = std::min(oh, y0 + band), cols = (y1 - y0) * ow;
+        const float* bmat = direct ? xg : col.data();
+        if (!direct) im2col_rows(xg, cin_g, h, wd, y0, y1, ow, s, col.data());
+        gemm(false, false, cout_g, cols, k, w.data() + gi * cout_g * k, k, bmat, cols, 0.0f,
+             yg + y0 * ow, hw);
+      }
     }
     if (b) {
       float* yi = y.data() + img * s.out_channels * hw;

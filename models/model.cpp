@@ -6,13 +6,28 @@
 
 namespace isplit {
 
-void Model::add(std::string name, std::unique_ptr<Module> m, bool cut, bool dflt) {
+void Model::add(std::string name, const std::function<std::unique_ptr<Module>()>& make,
+                bool cut, bool dflt) {
+  if (complete_) return;
+  if (!stop_after_.empty() && name == stop_after_) {
+    if (!cut) throw CutPointError(arch_ + ": '" + name + "' is not a cut point");
+    complete_ = true;
+  }
   Stage s;
   s.name = std::move(name);
-  s.module = std::move(m);
+  if (!names_only_) s.module = make();
   s.cut = cut;
   s.is_default = dflt;
   stages_.push_back(std::move(s));
+}
+
+void Model::check_head_built() const {
+  if (!stop_after_.empty() && !complete_) {
+    std::string names;
+    for (const CutPoint& c : cut_points(true)) names += (names.empty() ? "" : ", ") + c.name;
+    throw CutPointError(arch_ + ": unknown cut point '" + stop_after_ + "' (valid: " + names +
+                        ")");
+  }
 }
 
 Var Model::forward(Tape* tape, const Var& x, const Observer& observe,
@@ -122,7 +137,7 @@ void Model::load(const SafetensorsReader& file) {
     const std::string suffix = "num_batches_tracked";
     const bool ignored = name.size() >= suffix.size() &&
                          name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-    if (!ignored && !expected.count(name))
+    if (!ignored && !expected.count(name) && stop_after_.empty())
       throw Error(file.path() + ": tensor '" + name + "': unexpected for " + arch_);
   }
   for (auto& [name, p] : params) p->value.copy_from(file.get(name));
@@ -153,28 +168,48 @@ void Model::fold_batchnorm() {
 
 std::vector<std::string> model_names() { return {"vgg16", "resnet50"}; }
 
-std::unique_ptr<Model> build_model(const std::string& name, int64_t num_classes, uint64_t seed) {
+namespace {
+std::unique_ptr<Model> make_model(const std::string& name, int64_t num_classes, uint64_t seed,
+                                  const std::string& head, bool names_only) {
   if (num_classes <= 0) throw Error("num_classes must be positive");
-  if (name == "vgg16") return make_vgg16(num_classes, seed);
-  if (name == "resnet50") return make_resnet50(num_classes, seed);
+  if (name == "vgg16") return make_vgg16(num_classes, seed, head, names_only);
+  if (name == "resnet50") return make_resnet50(num_classes, seed, head, names_only);
   throw Error("unknown model '" + name + "' (expected vgg16 or resnet50)");
+}
+}  // namespace
+
+std::vector<CutPoint> cut_point_names(const std::string& name, bool all) {
+  return make_model(name, 1, 0, "", true)->cut_points(all);
+}
+
+std::unique_ptr<Model> build_model(const std::string& name, int64_t num_classes, uint64_t seed,
+                                   const std::string& head) {
+  if (!head.empty()) make_model(name, 1, 0, head, true)->check_head_built();  // fail cheaply
+  auto m = make_model(name, num_classes, seed, head, false);
+  m->check_head_built();
+  return m;
 }
 
 std::unique_ptr<Model> load_model(const std::string& name, const std::string& weights_path,
-                                  int64_t num_classes) {
+                                  int64_t num_classes, const std::string& head) {
   SafetensorsReader file(weights_path);
-  const std::string head = name == "vgg16" ? "classifier.6.weight" : "fc.weight";
+  const std::string classifier = name == "vgg16" ? "classifier.6.weight" : "fc.weight";
   if (num_classes <= 0) {
     if (name != "vgg16" && name != "resnet50")
       throw Error("unknown model '" + name + "' (expected vgg16 or resnet50)");
-    if (!file.has(head)) throw Error(weights_path + ": tensor '" + head + "': missing");
-    const SafetensorsInfo& info = file.info(head);
-    if (info.shape.size() != 2 || info.shape[0] <= 0)
-      throw Error(weights_path + ": tensor '" + head + "': shape " + shape_str(info.shape) +
-                  ", expected [classes, features]");
-    num_classes = info.shape[0];
+    if (!file.has(classifier) && !head.empty()) {
+      num_classes = 1000;  // a head file without the classifier: the width does not matter
+    } else {
+      if (!file.has(classifier))
+        throw Error(weights_path + ": tensor '" + classifier + "': missing");
+      const SafetensorsInfo& info = file.info(classifier);
+      if (info.shape.size() != 2 || info.shape[0] <= 0)
+        throw Error(weights_path + ": tensor '" + classifier + "': shape " +
+                    shape_str(info.shape) + ", expected [classes, features]");
+      num_classes = info.shape[0];
+    }
   }
-  auto model = build_model(name, num_classes);
+  auto model = build_model(name, num_classes, 0, head);
   model->load(file);
   return model;
 }

@@ -38,6 +38,10 @@ class Model {
   const std::string& arch() const { return arch_; }
   // Width of the classifier.
   int64_t num_classes() const { return num_classes_; }
+  // The cut point a head model ends at ("" for the whole network).
+  const std::string& head_cut() const { return stop_after_; }
+  // Throws CutPointError when a head was asked for a cut point the builder never reached.
+  void check_head_built() const;
 
   // Runs the network on x [N,3,H,W]. With a tape, records the backward. observe is called
   // for every cut point output; with stop_after, returns that cut point's output.
@@ -72,7 +76,8 @@ class Model {
   void seed_dropout(uint64_t seed);
 
   // Loads weights; every parameter and buffer must be present with its exact shape and
-  // nothing else may be (num_batches_tracked is ignored). Throws Error naming the file
+  // nothing else may be (num_batches_tracked is ignored; a head model ignores tensors
+  // that are not its own, as a whole network's file has its tail too). Throws Error naming the file
   // and the tensor.
   void load(const SafetensorsReader& file);
   // Loads weights from a .safetensors path (see load).
@@ -93,28 +98,52 @@ class Model {
     bool is_default = false;
     bool hidden = false;  // output folded away: not observable any more
   };
-  Model(std::string arch, int64_t num_classes) : arch_(std::move(arch)), num_classes_(num_classes) {}
-  // Appends a stage.
-  void add(std::string name, std::unique_ptr<Module> m, bool cut = false, bool dflt = false);
+  // stop_after: build only the head up to that cut point ("" = the whole network);
+  // names_only: record stage names without constructing any module (see cut_point_names).
+  Model(std::string arch, int64_t num_classes, std::string stop_after, bool names_only)
+      : arch_(std::move(arch)),
+        num_classes_(num_classes),
+        stop_after_(std::move(stop_after)),
+        names_only_(names_only) {}
+  // Appends a stage; make() constructs its module, and is not called past a head's last
+  // stage or when only names are recorded (so those take no memory and no time).
+  void add(std::string name, const std::function<std::unique_ptr<Module>()>& make,
+           bool cut = false, bool dflt = false);
   std::vector<Stage> stages_;
 
  private:
   std::string arch_;
   int64_t num_classes_;
+  std::string stop_after_;
+  bool names_only_ = false;
+  bool complete_ = false;
   bool folded_ = false;
 };
 
 // Names of the architectures build_model knows.
 std::vector<std::string> model_names();
-// Builds a model by name with torchvision's default initialisation from a seed.
+// Builds a model by name with torchvision's default initialisation from a seed. With a
+// head cut point, only the stages up to and including it are built (their weights get the
+// same initial values as in the whole network); the rest never takes memory.
 std::unique_ptr<Model> build_model(const std::string& name, int64_t num_classes = 1000,
-                                   uint64_t seed = 0);
-// Builds a model and loads weights; num_classes <= 0 takes the width from the file.
+                                   uint64_t seed = 0, const std::string& head = "");
+// Builds a model (or its head, see build_model) and loads weights; num_classes <= 0 takes
+// the width from the file. A head ignores the file's tensors of later stages.
 std::unique_ptr<Model> load_model(const std::string& name, const std::string& weights_path,
-                                  int64_t num_classes = 0);
+                                  int64_t num_classes = 0, const std::string& head = "");
 
 // Builders behind build_model.
-std::unique_ptr<Model> make_vgg16(int64_t num_classes, uint64_t seed);
-std::unique_ptr<Model> make_resnet50(int64_t num_classes, uint64_t seed);
+std::unique_ptr<Model> make_vgg16(int64_t num_classes, uint64_t seed, const std::string& head,
+                                  bool names_only = false);
+std::unique_ptr<Model> make_resnet50(int64_t num_classes, uint64_t seed, const std::string& head,
+                                     bool names_only = false);
+// The cut points of an architecture, in network order, without building any weights.
+std::vector<CutPoint> cut_point_names(const std::string& name, bool all = true);
+
+// An unknown cut point, or a head asked to end at a stage that is not a cut point.
+class CutPointError : public Error {
+ public:
+  using Error::Error;
+};
 
 }  // namespace isplit

@@ -102,14 +102,17 @@ class Bottleneck : public Module {
 
 class ResNet50 : public Model {
  public:
-  ResNet50(int64_t num_classes, uint64_t seed) : Model("resnet50", num_classes) {
+  ResNet50(int64_t num_classes, uint64_t seed, const std::string& head, bool names_only)
+      : Model("resnet50", num_classes, head, names_only) {
     std::mt19937_64 rng(seed);
-    auto conv1 = std::make_unique<Conv2d>(3, 64, 7, 2, 3, false);
-    init_conv_kaiming(*conv1, rng);
-    add("conv1", std::move(conv1), true, false);
-    add("bn1", std::make_unique<BatchNorm2d>(64), true, false);
-    add("relu", std::make_unique<ReLU>(), true, true);
-    add("maxpool", std::make_unique<MaxPool2d>(3, 2, 1), true, true);
+    add("conv1", [&] {
+      auto conv1 = std::make_unique<Conv2d>(3, 64, 7, 2, 3, false);
+      init_conv_kaiming(*conv1, rng);
+      return conv1;
+    }, true, false);
+    add("bn1", [] { return std::make_unique<BatchNorm2d>(64); }, true, false);
+    add("relu", [] { return std::make_unique<ReLU>(); }, true, true);
+    add("maxpool", [] { return std::make_unique<MaxPool2d>(3, 2, 1); }, true, true);
     const int64_t blocks[] = {3, 4, 6, 3};
     int64_t in = 64;
     for (int layer = 0; layer < 4; ++layer) {
@@ -117,28 +120,31 @@ class ResNet50 : public Model {
       for (int64_t b = 0; b < blocks[layer]; ++b) {
         const int64_t stride = (layer > 0 && b == 0) ? 2 : 1;
         add("layer" + std::to_string(layer + 1) + "." + std::to_string(b),
-            std::make_unique<Bottleneck>(in, planes, stride, rng), true, true);
+            [&] { return std::make_unique<Bottleneck>(in, planes, stride, rng); }, true, true);
         in = planes * 4;
       }
     }
-    add("avgpool", std::make_unique<AdaptiveAvgPool2d>(1, 1));
-    add("flatten", std::make_unique<Flatten>());
-    // PyTorch's default Linear init: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
-    auto fc = std::make_unique<Linear>(in, num_classes);
-    const double bound = 1.0 / std::sqrt(double(in));
-    std::uniform_real_distribution<double> dist(-bound, bound);
-    for (int64_t i = 0; i < fc->weight.value.numel(); ++i)
-      fc->weight.value[i] = static_cast<float>(dist(rng));
-    for (int64_t i = 0; i < fc->bias.value.numel(); ++i)
-      fc->bias.value[i] = static_cast<float>(dist(rng));
-    add("fc", std::move(fc));
+    add("avgpool", [] { return std::make_unique<AdaptiveAvgPool2d>(1, 1); });
+    add("flatten", [] { return std::make_unique<Flatten>(); });
+    add("fc", [&] {
+      // PyTorch's default Linear init: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
+      auto fc = std::make_unique<Linear>(in, num_classes);
+      const double bound = 1.0 / std::sqrt(double(in));
+      std::uniform_real_distribution<double> dist(-bound, bound);
+      for (int64_t i = 0; i < fc->weight.value.numel(); ++i)
+        fc->weight.value[i] = static_cast<float>(dist(rng));
+      for (int64_t i = 0; i < fc->bias.value.numel(); ++i)
+        fc->bias.value[i] = static_cast<float>(dist(rng));
+      return fc;
+    });
   }
 };
 
 }  // namespace
 
-std::unique_ptr<Model> make_resnet50(int64_t num_classes, uint64_t seed) {
-  return std::make_unique<ResNet50>(num_classes, seed);
+std::unique_ptr<Model> make_resnet50(int64_t num_classes, uint64_t seed, const std::string& head,
+                                     bool names_only) {
+  return std::make_unique<ResNet50>(num_classes, seed, head, names_only);
 }
 
 }  // namespace isplit

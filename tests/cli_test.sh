@@ -17,6 +17,21 @@ expect 0 "" -- "$ISPLIT" info --model resnet50
 grep -q "layer4.2" "$WORK/out" && ok || bad "info lacks layer4.2"
 expect 0 "" -- "$ISPLIT" info --model vgg16 --input-size 64 --all --json
 $PY -c "import json,sys; d=json.load(open('$WORK/out')); assert len(d['cut_points'])==31, d" && ok || bad "info --json"
+# per-cut memory: a head built alone (--cut) measures what the one-pass table says
+cp "$WORK/out" "$WORK/vgg_all.json"
+expect 0 "" -- "$ISPLIT" info --model vgg16 --input-size 64 --cut features.16 --json
+$PY - "$WORK/vgg_all.json" "$WORK/out" <<'PYEOF' && ok || bad "info --cut memory differs from the table"
+import json, sys
+table = {c["name"]: c for c in json.load(open(sys.argv[1]))["cut_points"]}
+one = json.load(open(sys.argv[2]))["cut_points"]
+assert len(one) == 1 and one[0]["name"] == "features.16", one
+t = table["features.16"]
+for key in ("head_weight_bytes", "activation_bytes", "peak_bytes", "head_params"):
+    assert one[0][key] == t[key], (key, one[0][key], t[key])
+assert t["peak_bytes"] == t["head_weight_bytes"] + t["activation_bytes"]
+assert t["head_weight_bytes"] >= 4 * t["head_params"]
+PYEOF
+expect 2 "unknown cut point 'layer9'" -- "$ISPLIT" info --model resnet50 --cut layer9
 expect 2 "model" -- "$ISPLIT" info
 expect 2 "" -- "$ISPLIT" info --model alexnet
 expect 2 "" -- "$ISPLIT" info --model vgg16 --input-size 16

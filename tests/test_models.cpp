@@ -1,15 +1,18 @@
 // Model structure: torchvision names and counts, cut points, input sizes, save/load,
-// BatchNorm folding, stopping at a cut point, thread-count independence.
+// BatchNorm folding, stopping at a cut point, head-only models and their memory,
+// thread-count independence.
 #include <doctest/doctest.h>
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
 
 #include "engine/parallel.h"
 #include "engine/safetensors.h"
+#include "models/memory.h"
 #include "models/model.h"
 
 using namespace isplit;
@@ -115,6 +118,79 @@ TEST_SUITE("models") {
     REQUIRE(head.value.shape() == seen.shape());
     CHECK(max_rel(head.value, seen) == 0.0);
     CHECK_THROWS_AS(m->forward(nullptr, Var{x}, nullptr, "layer9.9"), Error);
+  }
+
+  TEST_CASE("a head holds only its stages and computes the whole network's cut output") {
+    const auto dir = std::filesystem::temp_directory_path() / ("isplit_head_" + std::to_string(getpid()));
+    std::filesystem::create_directories(dir);
+    auto whole = build_model("resnet50", 10, 7);
+    randomise_batchnorm(*whole);
+    whole->set_training(false);
+    whole->save((dir / "w.safetensors").string());
+    const size_t before = tensor_live_bytes();
+    auto head = load_model("resnet50", (dir / "w.safetensors").string(), 0, "layer2.0");
+    CHECK(tensor_live_bytes() - before < 4u << 20);  // conv1..layer2.0: ~1.7 MB of weights
+    CHECK(head->head_cut() == "layer2.0");
+    CHECK(head->has_cut_point("layer2.0"));
+    CHECK_FALSE(head->has_cut_point("layer2.1"));
+    CHECK(head->named_parameters().back().first == "layer2.0.downsample.1.running_var");
+    head->set_training(false);
+    Tensor x = random_tensor({2, 3, 64, 64}, 12);
+    Tensor ref = whole->forward(nullptr, Var{x}, nullptr, "layer2.0").value;
+    CHECK(max_rel(head->predict(x), ref) == 0.0);
+    // Same initial weights as the whole network's first stages, for every seed.
+    auto fresh_head = build_model("vgg16", 10, 5, "features.4");
+    auto fresh_whole = build_model("vgg16", 10, 5);
+    auto hp = fresh_head->named_parameters();
+    auto wp = fresh_whole->named_parameters();
+    REQUIRE(hp.size() == 4);
+    for (size_t i = 0; i < hp.size(); ++i) {
+      CHECK(hp[i].first == wp[i].first);
+      const Tensor& a = hp[i].second->value;
+      const Tensor& b = wp[i].second->value;
+      REQUIRE(a.numel() == b.numel());
+      CHECK(std::equal(a.data(), a.data() + a.numel(), b.data()));
+    }
+    // A head file (saved by a head) loads back as that head.
+    head->save((dir / "h.safetensors").string());
+    CHECK(load_model("resnet50", (dir / "h.safetensors").string(), 0, "layer2.0")
+              ->named_parameters().size() == head->named_parameters().size());
+    CHECK_THROWS_AS(load_model("resnet50", (dir / "h.safetensors").string(), 0, "layer2.1"), Error);
+    CHECK_THROWS_AS(build_model("resnet50", 10, 0, "layer9.9"), CutPointError);
+    CHECK_THROWS_AS(build_model("vgg16", 10, 0, "classifier.0"), CutPointError);  // not a cut point
+    CHECK(cut_point_names("resnet50", false).size() == head->cut_points(false).size() + 12);
+    std::filesystem::remove_all(dir);
+  }
+
+  TEST_CASE("head memory: one pass over the whole network equals each head run alone") {
+    for (const std::string arch : {"resnet50", "vgg16"}) {
+      CAPTURE(arch);
+      auto whole = build_model(arch, 10, 1);
+      const Shape input = {1, 3, 32, 32};
+      whole->predict(Tensor(input));  // grow the kernels' scratch buffers first
+      const std::vector<HeadMemory> all = measure_cut_memory(*whole, input);
+      REQUIRE(all.size() == whole->cut_points(true).size());
+      size_t last_weights = 0;
+      for (const HeadMemory& h : all) {
+        CHECK(h.weight_bytes >= last_weights);
+        last_weights = h.weight_bytes;
+      }
+      for (const char* cut : {"features.4", "features.30", "maxpool", "layer3.2", "layer4.2"}) {
+        const auto it = std::find_if(all.begin(), all.end(), [&](const HeadMemory& h) { return h.cut == cut; });
+        if (it == all.end()) continue;
+        CAPTURE(cut);
+        const HeadMemory alone = measure_head(arch, 10, cut, input);
+        CHECK(alone.weight_bytes == it->weight_bytes);
+        CHECK(alone.activation_bytes == it->activation_bytes);
+      }
+      // At least the input and the cut output are live at the end of a head.
+      const auto stages = whole->stage_info(input);
+      for (const HeadMemory& h : all)
+        for (const StageInfo& s : stages)
+          if (s.name == h.cut)
+            CHECK(h.activation_bytes >= tensor_storage_bytes(shape_numel(s.out_shape)) +
+                                            tensor_storage_bytes(shape_numel(input)));
+    }
   }
 
   TEST_CASE("save and load round trip") {

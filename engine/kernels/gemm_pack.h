@@ -19,6 +19,7 @@
 #include <new>
 
 #include "engine/gemm.h"
+#include "engine/tensor.h"
 
 namespace isplit {
 namespace {
@@ -38,22 +39,27 @@ class AlignedBuffer {
   AlignedBuffer(const AlignedBuffer&) = delete;
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
   // Frees the storage.
-  ~AlignedBuffer() { std::free(data_); }
+  ~AlignedBuffer() { release(); }
   // Returns storage for at least n floats; contents are unspecified after growth.
   float* get(size_t n) {
     if (n > size_) {
-      std::free(data_);
-      data_ = nullptr;
-      size_ = 0;
+      release();
       const size_t bytes = ((n * sizeof(float)) + 63) / 64 * 64;
       data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
       if (!data_) throw std::bad_alloc();
       size_ = bytes / sizeof(float);
+      track_scratch_bytes(static_cast<std::ptrdiff_t>(bytes));  // counted with tensor memory
     }
     return data_;
   }
 
  private:
+  void release() {
+    if (data_) track_scratch_bytes(-static_cast<std::ptrdiff_t>(size_ * sizeof(float)));
+    std::free(data_);
+    data_ = nullptr;
+    size_ = 0;
+  }
   float* data_ = nullptr;
   size_t size_ = 0;
 };
