@@ -5,7 +5,7 @@
 # The result runs on a board or under qemu-aarch64-static (docs/arm.md).
 #
 # Libraries for the target come from two places: the cross toolchain's own sysroot
-# (libc, libstdc++, libgomp) and Debian's multiarch packages (zlib1g-dev:arm64), which
+# (libc, libstdc++) and Debian's multiarch packages (zlib1g-dev:arm64), which
 # install into <prefix>/lib/aarch64-linux-gnu. Header-only dependencies (doctest,
 # nlohmann-json, CLI11, stb) are architecture independent and found in the host's include
 # directories; the cross compiler searches those too.
@@ -29,8 +29,7 @@ set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY BOTH)
 set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE BOTH)
 set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE BOTH)
 
-# Fully static executables by default: one file to copy to a board, OpenMP (libgomp)
-# included. Pass -DISPLIT_STATIC=OFF for a dynamically linked build.
+# Fully static executables by default: one file to copy to a board. Pass -DISPLIT_STATIC=OFF for a dynamically linked build.
 set(ISPLIT_STATIC ON CACHE BOOL "Link executables fully static")
 
 # Lets CMake (try_run, ctest) run target programs on the build machine.

@@ -1,20 +1,203 @@
 #include "engine/parallel.h"
 
-#include <omp.h>
+#include <sched.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
 #include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace isplit {
 
 namespace {
-int g_threads = 0;
+
+// Tells a spinning core to back off for a moment.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
 }
 
+// How long a thread that has nothing to do keeps polling before it sleeps. Long enough to
+// catch the next parallel region of a running network (they follow each other within
+// microseconds), short enough that an idle or shared machine gets its core back.
+constexpr auto kSpin = std::chrono::microseconds(200);
+
+// Polls ready() for up to kSpin; true when it became true.
+template <typename Ready>
+bool spin_until(Ready ready) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpin;
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (ready()) return true;
+      cpu_relax();
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return ready();
+  }
+}
+
+thread_local bool t_inside_job = false;  // a parallel_for body runs on this thread
+
+// A fixed set of worker threads for parallel_for.
+//
+// A job is cut into `parts` contiguous ranges that depend only on n and the thread count;
+// the caller and the workers claim parts one by one from a shared counter. Which thread
+// runs a part never matters (every kernel computes the same bits from the same range), so
+// a part nobody has started yet is simply taken by whoever is free: on a busy machine, a
+// worker that the scheduler has not run yet delays nothing, and a waiting thread sleeps
+// after a short spin instead of keeping a core from the thread it waits for. This is what
+// OpenMP's static schedule with spin-waiting did not do: one preempted thread stalled every
+// region, up to ten times the step time with a compiler running beside a training run.
+class Pool {
+ public:
+  static Pool& instance() {
+    static Pool* pool = new Pool();  // never destroyed: workers may run at exit
+    return *pool;
+  }
+
+  void set_workers(int count) {
+    std::lock_guard<std::mutex> call(call_mutex_);
+    stop_workers();
+    stop_ = false;
+    for (int i = 0; i < count; ++i) workers_.emplace_back([this] { work(); });
+  }
+
+  // Runs fn over parts of [0, n); false when the pool is busy with another caller's job.
+  bool run(int64_t n, int parts, const std::function<void(int64_t, int64_t)>& fn) {
+    std::unique_lock<std::mutex> call(call_mutex_, std::try_to_lock);
+    if (!call.owns_lock()) return false;
+    fn_ = &fn;
+    n_ = n;
+    parts_ = parts;
+    chunk_ = (n + parts - 1) / parts;
+    error_ = nullptr;
+    done_.store(0, std::memory_order_relaxed);
+    const uint64_t gen = ++generation_;
+    state_.store(gen << 32, std::memory_order_seq_cst);  // publishes the job: part 0 next
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      work_cv_.notify_all();
+    }
+    run_parts(gen);
+    if (!spin_until([&] { return done_.load(std::memory_order_acquire) == parts_; })) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      caller_waiting_ = true;
+      done_cv_.wait(lock, [&] { return done_.load(std::memory_order_acquire) == parts_; });
+      caller_waiting_ = false;
+    }
+    fn_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+    return true;
+  }
+
+ private:
+  Pool() = default;
+
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+      work_cv_.notify_all();
+    }
+    for (std::thread& t : workers_) t.join();
+    workers_.clear();
+  }
+
+  // Claims and runs parts of job `gen` until none is left.
+  void run_parts(uint64_t gen) {
+    for (;;) {
+      uint64_t s = state_.load(std::memory_order_acquire);
+      int part;
+      do {
+        part = static_cast<int>(s & 0xffffffffu);
+        if ((s >> 32) != gen || part >= parts_) return;
+      } while (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel));
+      const int64_t b = part * chunk_, e = std::min(n_, b + chunk_);
+      if (b < e) {
+        t_inside_job = true;
+        try {
+          (*fn_)(b, e);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(mutex_);
+          if (!error_) error_ = std::current_exception();
+        }
+        t_inside_job = false;
+      }
+      if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == parts_) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (caller_waiting_) done_cv_.notify_one();
+      }
+    }
+  }
+
+  void work() {
+    uint64_t seen = generation_of(state_.load(std::memory_order_acquire));
+    for (;;) {
+      auto fresh = [&] { return generation_of(state_.load(std::memory_order_seq_cst)) != seen; };
+      if (!spin_until(fresh)) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        sleepers_.fetch_add(1, std::memory_order_seq_cst);
+        work_cv_.wait(lock, [&] { return stop_ || fresh(); });
+        sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+        if (stop_) return;
+      }
+      seen = generation_of(state_.load(std::memory_order_acquire));
+      run_parts(seen);
+    }
+  }
+
+  static uint64_t generation_of(uint64_t state) { return state >> 32; }
+
+  std::mutex call_mutex_;  // one job at a time
+  std::mutex mutex_;       // sleeping, waking, errors
+  std::condition_variable work_cv_, done_cv_;
+  std::vector<std::thread> workers_;
+  bool stop_ = false;
+  bool caller_waiting_ = false;
+  std::atomic<int> sleepers_{0};
+  // The job: generation in the high 32 bits, next unclaimed part in the low 32 bits.
+  std::atomic<uint64_t> state_{0};
+  uint64_t generation_ = 0;
+  std::atomic<int> done_{0};
+  const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
+  int64_t n_ = 0, chunk_ = 0;
+  int parts_ = 0;
+  std::exception_ptr error_;
+};
+
+int g_threads = 0;
+
+// ISPLIT_NUM_THREADS when set to a positive count, else the cores in this process's CPU
+// affinity mask (what taskset or a container allows), else the hardware's.
+int default_threads() {
+  if (const char* env = std::getenv("ISPLIT_NUM_THREADS")) {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && v > 0 && v <= 1024) return static_cast<int>(v);
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+}  // namespace
+
 void set_num_threads(int n) {
-  if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (n <= 0) n = default_threads();
+  if (n == g_threads) return;
   g_threads = n;
-  omp_set_num_threads(n);
+  Pool::instance().set_workers(n - 1);
 }
 
 int num_threads() {
@@ -24,20 +207,10 @@ int num_threads() {
 
 void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
-  int t = static_cast<int>(std::min<int64_t>(num_threads(), n));
-  if (t <= 1) {
-    fn(0, n);
-    return;
-  }
-#pragma omp parallel num_threads(t)
-  {
-    int id = omp_get_thread_num();
-    int nt = omp_get_num_threads();
-    int64_t chunk = (n + nt - 1) / nt;
-    int64_t b = std::min<int64_t>(n, id * chunk);
-    int64_t e = std::min<int64_t>(n, b + chunk);
-    if (b < e) fn(b, e);
-  }
+  const int t = static_cast<int>(std::min<int64_t>(num_threads(), n));
+  // One thread, a nested call from inside a body, or a pool busy with another caller's
+  // job: run here. Every kernel gives the same bits for any split of its range.
+  if (t <= 1 || t_inside_job || !Pool::instance().run(n, t, fn)) fn(0, n);
 }
 
 }  // namespace isplit

@@ -1,11 +1,12 @@
-// Threading: one process-wide thread count, OpenMP underneath.
+// Threading: one process-wide thread count and a pool of worker threads (engine/parallel.cpp).
 #pragma once
 #include <cstdint>
 #include <functional>
 
 namespace isplit {
 
-// Sets the number of threads the engine uses (<= 0: all cores).
+// Sets the number of threads the engine uses (<= 0: ISPLIT_NUM_THREADS if set, else
+// every core this process may run on).
 void set_num_threads(int n);
 // The number of threads the engine uses.
 int num_threads();

@@ -1,0 +1,71 @@
+// The worker pool behind parallel_for: every index runs exactly once with the documented
+// split, exceptions reach the caller, nested and concurrent calls run serially and correctly.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "engine/parallel.h"
+
+using namespace isplit;
+
+TEST_SUITE("parallel") {
+  TEST_CASE("each index runs once, in ranges fixed by n and the thread count") {
+    for (int threads : {1, 2, 3, 7}) {
+      set_num_threads(threads);
+      CHECK(num_threads() == threads);
+      for (int64_t n : {1, 2, 5, 64, 1001}) {
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        std::vector<std::pair<int64_t, int64_t>> ranges(static_cast<size_t>(threads));
+        std::atomic<int> calls{0};
+        parallel_for(n, [&](int64_t b, int64_t e) {
+          const int64_t chunk = (n + std::min<int64_t>(threads, n) - 1) / std::min<int64_t>(threads, n);
+          CHECK(b % chunk == 0);  // ranges start on the fixed chunk grid
+          CHECK((e == n || e - b == chunk));
+          ++calls;
+          for (int64_t i = b; i < e; ++i) ++hits[static_cast<size_t>(i)];
+        });
+        for (auto& h : hits) CHECK(h.load() == 1);
+        CHECK(calls.load() <= threads);
+      }
+    }
+    set_num_threads(0);
+  }
+
+  TEST_CASE("an exception in a body reaches the caller, and the pool keeps working") {
+    set_num_threads(2);
+    CHECK_THROWS_AS(parallel_for(100, [](int64_t b, int64_t) {
+                      if (b > 0) throw std::runtime_error("part failed");
+                    }),
+                    std::runtime_error);
+    std::atomic<int64_t> sum{0};
+    parallel_for(100, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) sum += i;
+    });
+    CHECK(sum.load() == 4950);
+    set_num_threads(0);
+  }
+
+  TEST_CASE("nested and concurrent calls") {
+    set_num_threads(2);
+    std::atomic<int64_t> total{0};
+    parallel_for(8, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i)
+        parallel_for(10, [&](int64_t b2, int64_t e2) { total += e2 - b2; });  // runs serially
+    });
+    CHECK(total.load() == 80);
+    // Several threads of the caller's own (decode threads, servers) at once.
+    std::atomic<int64_t> done{0};
+    std::vector<std::thread> callers;
+    for (int t = 0; t < 4; ++t)
+      callers.emplace_back([&] {
+        for (int rep = 0; rep < 200; ++rep)
+          parallel_for(37, [&](int64_t b, int64_t e) { done += e - b; });
+      });
+    for (auto& t : callers) t.join();
+    CHECK(done.load() == 4 * 200 * 37);
+    set_num_threads(0);
+  }
+}
