@@ -5,7 +5,7 @@ JOBS ?= $(shell nproc)
 FIXTURES := $(BUILD)/fixtures
 PY := /usr/bin/python3
 
-.PHONY: all deps build fixtures run model test bench clean test-aarch64
+.PHONY: all deps build fixtures run model test test-native bench clean test-aarch64 head-size
 
 all: build
 
@@ -54,19 +54,26 @@ $(RESNET_FM).done: | build
 	$(BUILD)/isplit train $(RESNET_FM_RECIPE) --out $(RESNET_FM) --resume
 	touch $@
 
-test: build fixtures
+# The README's test command: the native suites, then the AArch64 build under emulation.
+test: test-native test-aarch64
+
+test-native: build fixtures
 	cd $(BUILD) && ctest --output-on-failure
 
 # AArch64: cross build (cmake/aarch64-linux-gnu.cmake: static isplit and isplit_tests,
 # libisplit_*.a) and a short run under qemu user-mode emulation on two CPU models: the unit
 # tests that fit emulation (the NEON kernels against the scalar references among them),
-# `isplit info`, a 32x32 `isplit predict` with seeded weights and the C API example. Not part of `test` yet;
-# docs/arm.md has the timings. Emulation is 10-50x slower than native, so the suites that
-# run whole models (conformance*, models) and the slowest whole-model or statistics tests
-# are left to the native run.
+# `isplit info`, and 32x32 runs on seeded weights whose outputs must equal the x86 build's:
+# `isplit predict` logits, and the head-only program (head-size) up to a cut point and
+# whole. docs/arm.md has the timings. Emulation is 10-50x slower than native, so the suites
+# that run whole models (conformance*, models) and the slowest whole-model or statistics
+# tests are left to the native run.
 BUILD_ARM ?= build-aarch64
+BUILD_HEAD ?= build-aarch64-head
 QEMU_CPUS ?= cortex-a72 max
 ARM_WEIGHTS := $(BUILD_ARM)/resnet50-seed1-c10.safetensors
+ARM_IMAGES := data/sample/sample.png tests/data/small.png
+ARM_TOL := 1e-5
 ARM_TSE := conformance*,models
 comma := ,
 ARM_TCE := batch size*shards*,relu-grad pre*,report outputs,train: steady-state*,\
@@ -78,10 +85,23 @@ $(ARM_WEIGHTS): tools/export_torchvision.py tools/safetensors_io.py | deps
 	mkdir -p $(BUILD_ARM)
 	$(PY) tools/export_torchvision.py --model resnet50 --seed 1 --num-classes 10 --out $@
 
-test-aarch64: deps $(ARM_WEIGHTS)
+# The head-only build (ISPLIT_HEAD_ONLY) for AArch64, its program held to the size budget in
+# cmake/head-size-budget.txt.
+head-size: deps
+	cmake -S . -B $(BUILD_HEAD) -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DISPLIT_HEAD_ONLY=ON
+	cmake --build $(BUILD_HEAD) -j $(JOBS)
+	bash tools/check_head_size.sh $(BUILD_HEAD)/isplit_capi_example aarch64-linux-gnu-strip \
+	  cmake/head-size-budget.txt
+
+test-aarch64: build head-size $(ARM_WEIGHTS)
 	cmake -S . -B $(BUILD_ARM) -G Ninja -DCMAKE_BUILD_TYPE=Release \
 	  -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake
 	cmake --build $(BUILD_ARM) -j $(JOBS)
+	$(BUILD)/isplit predict --model resnet50 --weights $(ARM_WEIGHTS) --input-size 32 \
+	  --logits $(BUILD_ARM)/x86-logits.csv $(ARM_IMAGES) >/dev/null
+	$(BUILD)/isplit_capi_example resnet50 $(ARM_WEIGHTS) layer2.0 32 - $(BUILD_ARM)/x86-head.f32 >/dev/null
+	$(BUILD)/isplit_capi_example resnet50 $(ARM_WEIGHTS) - 32 - $(BUILD_ARM)/x86-whole.f32 >/dev/null
 	@set -e; for cpu in $(QEMU_CPUS); do \
 	  q="qemu-aarch64-static -cpu $$cpu"; \
 	  t0=$$(date +%s); \
@@ -89,13 +109,21 @@ test-aarch64: deps $(ARM_WEIGHTS)
 	  $$q $(BUILD_ARM)/isplit_tests --test-suite-exclude='$(ARM_TSE)' \
 	    --test-case-exclude='$(subst $(comma) ,$(comma),$(ARM_TCE))'; \
 	  t1=$$(date +%s); \
-	  echo "== $$q: isplit info / predict"; \
-	  $$q $(BUILD_ARM)/isplit info --model resnet50 >/dev/null; \
+	  echo "== $$q: isplit info, predict and the head-only program against x86"; \
+	  $$q $(BUILD_ARM)/isplit info --model resnet50 --input-size 32 >/dev/null; \
 	  $$q $(BUILD_ARM)/isplit predict --model resnet50 --weights $(ARM_WEIGHTS) \
-	    --input-size 32 --topk 3 data/sample/sample.png; \
-	  $$q $(BUILD_ARM)/isplit_capi_example resnet50 $(ARM_WEIGHTS) layer2.0 32; \
+	    --input-size 32 --logits $(BUILD_ARM)/arm-logits.csv $(ARM_IMAGES) >/dev/null; \
+	  $(PY) tools/compare_logits.py $(BUILD_ARM)/arm-logits.csv $(BUILD_ARM)/x86-logits.csv $(ARM_TOL); \
+	  $$q $(BUILD_HEAD)/isplit_capi_example resnet50 $(ARM_WEIGHTS) layer2.0 32 - \
+	    $(BUILD_ARM)/arm-head.f32 >/dev/null; \
+	  $(PY) tools/compare_f32.py $(BUILD_ARM)/arm-head.f32 $(BUILD_ARM)/x86-head.f32 $(ARM_TOL) \
+	    "head to layer2.0"; \
+	  $$q $(BUILD_HEAD)/isplit_capi_example resnet50 $(ARM_WEIGHTS) - 32 - \
+	    $(BUILD_ARM)/arm-whole.f32 >/dev/null; \
+	  $(PY) tools/compare_f32.py $(BUILD_ARM)/arm-whole.f32 $(BUILD_ARM)/x86-whole.f32 $(ARM_TOL) \
+	    "whole network"; \
 	  t2=$$(date +%s); \
-	  echo "== $$q: tests $$((t1 - t0)) s, info+predict $$((t2 - t1)) s"; \
+	  echo "== $$q: tests $$((t1 - t0)) s, programs $$((t2 - t1)) s"; \
 	done
 
 bench: build

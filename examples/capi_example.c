@@ -2,16 +2,33 @@
  * runs it on a float32 NCHW input read from a file (or a deterministic generated one) and
  * prints the output shape with its first values, or the top-5 classes for logits.
  *
- *   usage: isplit_capi_example ARCH WEIGHTS.safetensors [CUT|-] [SIZE] [INPUT.f32]
+ *   usage: isplit_capi_example ARCH WEIGHTS.safetensors [CUT|-] [SIZE] [INPUT.f32|-]
+ *                              [OUTPUT.f32]
  *
  * CUT "-" (or omitted) runs the whole network; SIZE is the input side (default 224);
- * INPUT.f32 holds 3*SIZE*SIZE raw little-endian float32 values, already normalized. */
+ * INPUT.f32 holds 3*SIZE*SIZE raw little-endian float32 values, already normalized ("-" or
+ * omitted: a generated pattern); OUTPUT.f32 receives the output tensor's raw values. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "isplit.h"
+
+/* Writes count floats to path; returns 0 on success. */
+static int write_floats(const char* path, const float* buf, size_t count) {
+  FILE* f = fopen(path, "wb");
+  if (!f) {
+    fprintf(stderr, "error: %s: cannot create\n", path);
+    return 1;
+  }
+  const size_t put = fwrite(buf, sizeof(float), count, f);
+  if (fclose(f) != 0 || put != count) {
+    fprintf(stderr, "error: %s: write failed\n", path);
+    return 1;
+  }
+  return 0;
+}
 
 /* Reads exactly count floats from path into buf; returns 0 on success. */
 static int read_floats(const char* path, float* buf, size_t count) {
@@ -30,8 +47,9 @@ static int read_floats(const char* path, float* buf, size_t count) {
 }
 
 int main(int argc, char** argv) {
-  if (argc < 3 || argc > 6) {
-    fprintf(stderr, "usage: %s ARCH WEIGHTS.safetensors [CUT|-] [SIZE] [INPUT.f32]\n",
+  if (argc < 3 || argc > 7) {
+    fprintf(stderr,
+            "usage: %s ARCH WEIGHTS.safetensors [CUT|-] [SIZE] [INPUT.f32|-] [OUTPUT.f32]\n",
             argv[0]);
     return 2;
   }
@@ -61,7 +79,7 @@ int main(int argc, char** argv) {
     isplit_model_free(model);
     return 1;
   }
-  if (argc > 5) {
+  if (argc > 5 && strcmp(argv[5], "-") != 0) {
     if (read_floats(argv[5], input, count)) {
       free(input);
       isplit_model_free(model);
@@ -110,7 +128,9 @@ int main(int argc, char** argv) {
     printf("\n");
   }
 
+  int rc = 0;
+  if (argc > 6) rc = write_floats(argv[6], out.data, (size_t)numel);
   isplit_tensor_free(&out);
   isplit_model_free(model);
-  return 0;
+  return rc;
 }

@@ -24,7 +24,7 @@ def main():
         err = max(abs(x - y) for x, y in zip(a, b)) / scale
         top_a = sorted(range(len(a)), key=lambda j: -a[j])[:5]
         top_b = sorted(range(len(b)), key=lambda j: -b[j])[:5]
-        print(f"{name}: max relative error {err:.2e}, top-5 ours {top_a} torch {top_b}")
+        print(f"{name}: max relative error {err:.2e}, top-5 {top_a}, reference {top_b}")
         if err > tol:
             sys.exit(f"{name}: logits differ by {err:.2e} > {tol}")
         if top_a != top_b:
