@@ -6,6 +6,7 @@
 #include <string>
 
 #include "engine/gemm.h"
+#include "engine/kernels/eltwise.h"
 #include "engine/parallel.h"
 
 namespace isplit {
@@ -456,6 +457,7 @@ void bn_check(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 Tensor bn_apply(const Tensor& x, const Tensor& weight, const Tensor& bias,
                 const BatchNormSaved& st) {
   Tensor y = Tensor::empty(x.shape());
+  const EltwiseKernels& k = eltwise();
   const int64_t n = x.dim(0), c = x.dim(1), hw = x.dim(2) * x.dim(3);
   parallel_for(n * c, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
@@ -464,9 +466,7 @@ Tensor bn_apply(const Tensor& x, const Tensor& weight, const Tensor& bias,
       // x * scale + (bias - mean * scale) would cancel away the significant digits.
       const float scale = weight[ch] * st.inv_std[ch];
       const float mean = st.mean[ch], shift = bias[ch];
-      const float* src = x.data() + r * hw;
-      float* dst = y.data() + r * hw;
-      for (int64_t i = 0; i < hw; ++i) dst[i] = (src[i] - mean) * scale + shift;
+      k.normalize(x.data() + r * hw, mean, scale, shift, y.data() + r * hw, hw);
     }
   });
   return y;
@@ -579,9 +579,8 @@ Tensor relu_forward(const Tensor& x) {
   Tensor y = Tensor::empty(x.shape());
   const float* s = x.data();
   float* d = y.data();
-  parallel_for(x.numel(), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) d[i] = s[i] > 0.0f ? s[i] : 0.0f;
-  });
+  const EltwiseKernels& k = eltwise();
+  parallel_for(x.numel(), [&](int64_t b, int64_t e) { k.relu(s + b, d + b, e - b); });
   return y;
 }
 
@@ -589,10 +588,9 @@ void relu_backward(const Tensor& gy, const Tensor& y, Tensor& gx) {
   const float* g = gy.data();
   const float* v = y.data();
   float* d = gx.data();
-  parallel_for(y.numel(), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i)
-      if (v[i] > 0.0f) d[i] += g[i];
-  });
+  const EltwiseKernels& k = eltwise();
+  parallel_for(y.numel(),
+               [&](int64_t b, int64_t e) { k.relu_backward(g + b, v + b, d + b, e - b); });
 }
 
 // ------------------------------------------------------------------ pooling
@@ -621,7 +619,16 @@ Tensor maxpool2d_forward(const Tensor& x, const Pool2dSpec& s, std::vector<int32
   const Shape os = pool2d_out_shape(x.shape(), s);
   Tensor y = Tensor::empty(os);
   const int64_t h = x.dim(2), w = x.dim(3), oh = os[2], ow = os[3];
-  if (argmax) argmax->resize(static_cast<size_t>(y.numel()));
+  if (!argmax) {  // inference: the ISA's plane kernel
+    const EltwiseKernels& k = eltwise();
+    const PoolPlane pp{h, w, oh, ow, s.kh, s.kw, s.stride_h, s.stride_w, s.pad_h, s.pad_w};
+    parallel_for(os[0] * os[1], [&](int64_t b, int64_t e) {
+      for (int64_t plane = b; plane < e; ++plane)
+        k.maxpool_plane(x.data() + plane * h * w, pp, y.data() + plane * oh * ow);
+    });
+    return y;
+  }
+  argmax->resize(static_cast<size_t>(y.numel()));
   parallel_for(os[0] * os[1], [&](int64_t b, int64_t e) {
     for (int64_t plane = b; plane < e; ++plane) {
       const float* xp = x.data() + plane * h * w;
@@ -765,9 +772,8 @@ Tensor add_forward(const Tensor& a, const Tensor& b) {
   Tensor y = Tensor::empty(a.shape());
   const float *pa = a.data(), *pb = b.data();
   float* d = y.data();
-  parallel_for(a.numel(), [&](int64_t s, int64_t e) {
-    for (int64_t i = s; i < e; ++i) d[i] = pa[i] + pb[i];
-  });
+  const EltwiseKernels& k = eltwise();
+  parallel_for(a.numel(), [&](int64_t s, int64_t e) { k.add(pa + s, pb + s, d + s, e - s); });
   return y;
 }
 
@@ -776,9 +782,8 @@ void add_into(Tensor& dst, const Tensor& src) {
     throw Error("add_into: " + shape_str(src.shape()) + " into " + shape_str(dst.shape()));
   float* d = dst.data();
   const float* s = src.data();
-  parallel_for(dst.numel(), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) d[i] += s[i];
-  });
+  const EltwiseKernels& k = eltwise();
+  parallel_for(dst.numel(), [&](int64_t b, int64_t e) { k.add_into(d + b, s + b, e - b); });
 }
 
 Tensor softmax_forward(const Tensor& x) {

@@ -1,0 +1,50 @@
+// Element-wise and pooling kernels of the layers, one table per ISA: the scalar references
+// (engine/kernels/scalar/eltwise_scalar.cpp) and, on AArch64, NEON versions
+// (engine/kernels/neon/eltwise_neon.cpp). Every NEON kernel computes exactly what its
+// reference does, operation for operation (no reassociated sums), so the two give the same
+// bits - except that max pooling may return +0 where the reference keeps a -0 that came
+// first in the window, and NaN payloads may differ; tests/test_eltwise.cpp checks this on
+// every supported ISA.
+#pragma once
+#include <cstdint>
+
+#include "engine/cpu.h"
+
+namespace isplit {
+
+// One max-pooling plane: y[oy][ox] = max over the window at (oy*sh - ph, ox*sw - pw) of
+// kh x kw clipped to the h x w input; NaN wins.
+struct PoolPlane {
+  int64_t h, w, oh, ow, kh, kw, sh, sw, ph, pw;
+};
+
+struct EltwiseKernels {
+  // y[i] = x[i] > 0 ? x[i] : 0 (NaN gives 0).
+  void (*relu)(const float* x, float* y, int64_t n);
+  // gx[i] += gy[i] where y[i] > 0.
+  void (*relu_backward)(const float* gy, const float* y, float* gx, int64_t n);
+  // y[i] = a[i] + b[i].
+  void (*add)(const float* a, const float* b, float* y, int64_t n);
+  // y[i] += x[i].
+  void (*add_into)(float* y, const float* x, int64_t n);
+  // y[i] = (x[i] - mean) * scale + shift, rounded after each operation.
+  void (*normalize)(const float* x, float mean, float scale, float shift, float* y, int64_t n);
+  // Max pooling of one plane (no argmax: inference).
+  void (*maxpool_plane)(const float* x, const PoolPlane& p, float* y);
+};
+
+// The kernels of one ISA (must be supported; unsupported ones give the scalar table).
+const EltwiseKernels& eltwise_kernels(Isa isa);
+// The kernels of active_isa().
+const EltwiseKernels& eltwise();
+
+// The scalar maximum of one output position's window (the NEON kernel's edges use it).
+float maxpool_window(const float* x, const PoolPlane& p, int64_t oy, int64_t ox);
+
+// Tables behind eltwise_kernels().
+extern const EltwiseKernels kEltwiseScalar;
+#if defined(ISPLIT_HAVE_NEON_KERNELS)
+extern const EltwiseKernels kEltwiseNeon;
+#endif
+
+}  // namespace isplit

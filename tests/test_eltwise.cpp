@@ -1,0 +1,149 @@
+// Element-wise and pooling kernels of every supported ISA against the scalar references:
+// tails of every length, NaN, signed zeros and infinities, every pooling geometry the
+// layers accept.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "engine/cpu.h"
+#include "engine/kernels/eltwise.h"
+
+using namespace isplit;
+
+namespace {
+
+// Random values with the awkward ones mixed in.
+std::vector<float> awkward(int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  std::uniform_int_distribution<int> pick(0, 15);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) {
+    switch (pick(rng)) {
+      case 0: x = std::numeric_limits<float>::quiet_NaN(); break;
+      case 1: x = -0.0f; break;
+      case 2: x = 0.0f; break;
+      case 3: x = -std::numeric_limits<float>::infinity(); break;
+      default: x = dist(rng);
+    }
+  }
+  return v;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// Equal values, NaN where the other is NaN (signed zeros compare equal).
+bool same_values(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (!(a[i] == b[i] || (std::isnan(a[i]) && std::isnan(b[i])))) return false;
+  return true;
+}
+
+std::vector<Isa> vector_isas() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::Avx2, Isa::Avx512, Isa::Neon})
+    if (isa_supported(isa) && &eltwise_kernels(isa) != &kEltwiseScalar) out.push_back(isa);
+  return out;
+}
+
+}  // namespace
+
+TEST_SUITE("eltwise") {
+  TEST_CASE("element-wise kernels equal the scalar references bit for bit") {
+    const EltwiseKernels& ref = kEltwiseScalar;
+    for (Isa isa : vector_isas()) {
+      CAPTURE(isa_name(isa));
+      const EltwiseKernels& k = eltwise_kernels(isa);
+      for (int64_t n : {0, 1, 3, 4, 5, 7, 8, 9, 16, 17, 1001}) {
+        CAPTURE(n);
+        const auto a = awkward(n, 1 + n), b = awkward(n, 2 + n), g = awkward(n, 3 + n);
+        std::vector<float> want(a.size()), got(a.size());
+        ref.relu(a.data(), want.data(), n);
+        k.relu(a.data(), got.data(), n);
+        CHECK(same_bits(want, got));
+        ref.add(a.data(), b.data(), want.data(), n);
+        k.add(a.data(), b.data(), got.data(), n);
+        CHECK(same_values(want, got));  // NaN + x: payloads may differ
+        want = b, got = b;
+        ref.add_into(want.data(), a.data(), n);
+        k.add_into(got.data(), a.data(), n);
+        CHECK(same_values(want, got));
+        want = g, got = g;
+        ref.relu_backward(b.data(), a.data(), want.data(), n);
+        k.relu_backward(b.data(), a.data(), got.data(), n);
+        CHECK(same_values(want, got));
+        ref.normalize(a.data(), 0.37f, 1.9f, -0.25f, want.data(), n);
+        k.normalize(a.data(), 0.37f, 1.9f, -0.25f, got.data(), n);
+        CHECK(same_values(want, got));
+      }
+      // Finite inputs: every result bit equal.
+      std::vector<float> a(257), b(257), want(257), got(257);
+      std::mt19937_64 rng(5);
+      std::normal_distribution<float> dist;
+      for (size_t i = 0; i < a.size(); ++i) a[i] = dist(rng), b[i] = dist(rng);
+      ref.add(a.data(), b.data(), want.data(), 257);
+      k.add(a.data(), b.data(), got.data(), 257);
+      CHECK(same_bits(want, got));
+      ref.normalize(a.data(), 0.1f, 3.0f, 0.5f, want.data(), 257);
+      k.normalize(a.data(), 0.1f, 3.0f, 0.5f, got.data(), 257);
+      CHECK(same_bits(want, got));
+    }
+  }
+
+  TEST_CASE("max pooling planes equal the scalar reference") {
+    struct Geometry {
+      int64_t k, s, p;
+    };
+    for (Isa isa : vector_isas()) {
+      CAPTURE(isa_name(isa));
+      const EltwiseKernels& k = eltwise_kernels(isa);
+      int checked = 0;
+      for (Geometry gm : {Geometry{2, 2, 0}, Geometry{3, 2, 1}, Geometry{3, 2, 0}, Geometry{2, 1, 0},
+                          Geometry{3, 1, 1}, Geometry{2, 2, 1}}) {
+        for (int64_t h : {2, 3, 7, 8, 13, 32}) {
+          for (int64_t w : {2, 3, 9, 16, 17, 23, 56}) {
+            for (bool ceil : {false, true}) {
+              if (h + 2 * gm.p < gm.k || w + 2 * gm.p < gm.k) continue;
+              auto out = [&](int64_t in) {
+                const int64_t span = in + 2 * gm.p - gm.k;
+                int64_t o = (ceil ? (span + gm.s - 1) / gm.s : span / gm.s) + 1;
+                if (ceil && (o - 1) * gm.s >= in + gm.p) --o;
+                return o;
+              };
+              const PoolPlane pp{h, w, out(h), out(w), gm.k, gm.k, gm.s, gm.s, gm.p, gm.p};
+              const auto x = awkward(h * w, 100 + h * 31 + w);
+              std::vector<float> want(static_cast<size_t>(pp.oh * pp.ow)), got(want.size());
+              kEltwiseScalar.maxpool_plane(x.data(), pp, want.data());
+              k.maxpool_plane(x.data(), pp, got.data());
+              CAPTURE(h);
+              CAPTURE(w);
+              CAPTURE(gm.k);
+              CAPTURE(gm.s);
+              CAPTURE(gm.p);
+              CHECK(same_values(want, got));
+              ++checked;
+            }
+          }
+        }
+      }
+      CHECK(checked > 300);
+    }
+  }
+
+  TEST_CASE("the scalar max pool: NaN wins, -inf padding never does") {
+    const PoolPlane pp{2, 2, 1, 1, 3, 3, 2, 2, 1, 1};
+    std::vector<float> x = {1.0f, -5.0f, std::numeric_limits<float>::quiet_NaN(), 4.0f}, y(1);
+    kEltwiseScalar.maxpool_plane(x.data(), pp, y.data());
+    CHECK(std::isnan(y[0]));
+    x = {-7.0f, -5.0f, -6.0f, -9.0f};
+    kEltwiseScalar.maxpool_plane(x.data(), pp, y.data());
+    CHECK(y[0] == -5.0f);
+  }
+}
