@@ -540,6 +540,7 @@ void batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight,
   const int64_t n = x.dim(0), c = x.dim(1), hw = x.dim(2) * x.dim(3);
   check_shape(gy, x.shape(), "batch_norm output gradient");
   const double count = double(n * hw);
+  const EltwiseKernels& k = eltwise();
   parallel_for(c, [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ++ch) {
       const double mean = st.mean[ch], istd = st.inv_std[ch];
@@ -560,15 +561,10 @@ void batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight,
         const float* g = gy.data() + (img * c + ch) * hw;
         const float* p = x.data() + (img * c + ch) * hw;
         float* d = gx->data() + (img * c + ch) * hw;
-        if (train) {
-          const double mg = sum_gy / count, mgx = sum_gy_xhat / count;
-          for (int64_t i = 0; i < hw; ++i) {
-            const double xhat = (p[i] - mean) * istd;
-            d[i] += static_cast<float>(scale * (g[i] - mg - xhat * mgx));
-          }
-        } else {
-          for (int64_t i = 0; i < hw; ++i) d[i] += static_cast<float>(scale * g[i]);
-        }
+        if (train)
+          k.bn_grad_train(g, p, d, hw, mean, istd, scale, sum_gy / count, sum_gy_xhat / count);
+        else
+          k.bn_grad_eval(g, d, hw, scale);
       }
     }
   });

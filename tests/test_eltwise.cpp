@@ -82,6 +82,14 @@ TEST_SUITE("eltwise") {
         ref.normalize(a.data(), 0.37f, 1.9f, -0.25f, want.data(), n);
         k.normalize(a.data(), 0.37f, 1.9f, -0.25f, got.data(), n);
         CHECK(same_values(want, got));
+        want = g, got = g;
+        ref.bn_grad_train(b.data(), a.data(), want.data(), n, 0.3, 1.7, -0.8, 0.05, -0.02);
+        k.bn_grad_train(b.data(), a.data(), got.data(), n, 0.3, 1.7, -0.8, 0.05, -0.02);
+        CHECK(same_values(want, got));
+        want = g, got = g;
+        ref.bn_grad_eval(b.data(), want.data(), n, 1.3);
+        k.bn_grad_eval(b.data(), got.data(), n, 1.3);
+        CHECK(same_values(want, got));
       }
       // Finite inputs: every result bit equal.
       std::vector<float> a(257), b(257), want(257), got(257);
@@ -93,6 +101,14 @@ TEST_SUITE("eltwise") {
       CHECK(same_bits(want, got));
       ref.normalize(a.data(), 0.1f, 3.0f, 0.5f, want.data(), 257);
       k.normalize(a.data(), 0.1f, 3.0f, 0.5f, got.data(), 257);
+      CHECK(same_bits(want, got));
+      want = b, got = b;
+      ref.bn_grad_train(a.data(), b.data(), want.data(), 257, -0.2, 0.9, 1.1, 0.01, 0.3);
+      k.bn_grad_train(a.data(), b.data(), got.data(), 257, -0.2, 0.9, 1.1, 0.01, 0.3);
+      CHECK(same_bits(want, got));
+      want = b, got = b;
+      ref.bn_grad_eval(a.data(), want.data(), 257, 0.7);
+      k.bn_grad_eval(a.data(), got.data(), 257, 0.7);
       CHECK(same_bits(want, got));
     }
   }

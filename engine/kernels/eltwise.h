@@ -31,6 +31,12 @@ struct EltwiseKernels {
   void (*normalize)(const float* x, float mean, float scale, float shift, float* y, int64_t n);
   // Max pooling of one plane (no argmax: inference).
   void (*maxpool_plane)(const float* x, const PoolPlane& p, float* y);
+  // BatchNorm input gradient, training mode, in double precision per element:
+  // gx[i] += float(scale * (gy[i] - mg - ((x[i] - mean) * istd) * mgx)).
+  void (*bn_grad_train)(const float* gy, const float* x, float* gx, int64_t n, double mean,
+                        double istd, double scale, double mg, double mgx);
+  // BatchNorm input gradient, evaluation mode: gx[i] += float(scale * gy[i]).
+  void (*bn_grad_eval)(const float* gy, float* gx, int64_t n, double scale);
 };
 
 // The kernels of one ISA (must be supported; unsupported ones give the scalar table).

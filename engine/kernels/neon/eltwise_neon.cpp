@@ -94,9 +94,45 @@ void maxpool_plane(const float* x, const PoolPlane& p, float* y) {
   }
 }
 
+// The BatchNorm gradients widen four floats into two pairs of doubles and do the
+// reference's double operations in its order, then round to float and add.
+void bn_grad_train(const float* gy, const float* x, float* gx, int64_t n, double mean,
+                   double istd, double scale, double mg, double mgx) {
+  const float64x2_t vmean = vdupq_n_f64(mean), vistd = vdupq_n_f64(istd);
+  const float64x2_t vscale = vdupq_n_f64(scale), vmg = vdupq_n_f64(mg), vmgx = vdupq_n_f64(mgx);
+  auto half = [&](float64x2_t g, float64x2_t p) {
+    const float64x2_t xhat = vmulq_f64(vsubq_f64(p, vmean), vistd);
+    return vmulq_f64(vscale, vsubq_f64(vsubq_f64(g, vmg), vmulq_f64(xhat, vmgx)));
+  };
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const float32x4_t g = vld1q_f32(gy + i), p = vld1q_f32(x + i);
+    const float64x2_t lo = half(vcvt_f64_f32(vget_low_f32(g)), vcvt_f64_f32(vget_low_f32(p)));
+    const float64x2_t hi = half(vcvt_high_f64_f32(g), vcvt_high_f64_f32(p));
+    const float32x4_t r = vcvt_high_f32_f64(vcvt_f32_f64(lo), hi);
+    vst1q_f32(gx + i, vaddq_f32(vld1q_f32(gx + i), r));
+  }
+  for (; i < n; ++i) {
+    const double xhat = (x[i] - mean) * istd;
+    gx[i] += static_cast<float>(scale * (gy[i] - mg - xhat * mgx));
+  }
+}
+
+void bn_grad_eval(const float* gy, float* gx, int64_t n, double scale) {
+  const float64x2_t vscale = vdupq_n_f64(scale);
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const float32x4_t g = vld1q_f32(gy + i);
+    const float64x2_t lo = vmulq_f64(vscale, vcvt_f64_f32(vget_low_f32(g)));
+    const float64x2_t hi = vmulq_f64(vscale, vcvt_high_f64_f32(g));
+    vst1q_f32(gx + i, vaddq_f32(vld1q_f32(gx + i), vcvt_high_f32_f64(vcvt_f32_f64(lo), hi)));
+  }
+  for (; i < n; ++i) gx[i] += static_cast<float>(scale * gy[i]);
+}
+
 }  // namespace
 
-const EltwiseKernels kEltwiseNeon = {relu, relu_backward, add, add_into, normalize,
-                                     maxpool_plane};
+const EltwiseKernels kEltwiseNeon = {relu,      relu_backward, add,          add_into,
+                                     normalize, maxpool_plane, bn_grad_train, bn_grad_eval};
 
 }  // namespace isplit

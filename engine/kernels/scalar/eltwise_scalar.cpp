@@ -30,6 +30,18 @@ void normalize(const float* x, float mean, float scale, float shift, float* y, i
   for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - mean) * scale + shift;
 }
 
+void bn_grad_train(const float* gy, const float* x, float* gx, int64_t n, double mean,
+                   double istd, double scale, double mg, double mgx) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double xhat = (x[i] - mean) * istd;
+    gx[i] += static_cast<float>(scale * (gy[i] - mg - xhat * mgx));
+  }
+}
+
+void bn_grad_eval(const float* gy, float* gx, int64_t n, double scale) {
+  for (int64_t i = 0; i < n; ++i) gx[i] += static_cast<float>(scale * gy[i]);
+}
+
 }  // namespace
 
 // The maximum of one output position's clipped window (shared with the NEON edges).
@@ -53,8 +65,8 @@ void maxpool_plane(const float* x, const PoolPlane& p, float* y) {
 }
 }  // namespace
 
-const EltwiseKernels kEltwiseScalar = {relu, relu_backward, add, add_into, normalize,
-                                       maxpool_plane};
+const EltwiseKernels kEltwiseScalar = {relu,      relu_backward, add,          add_into,
+                                       normalize, maxpool_plane, bn_grad_train, bn_grad_eval};
 
 const EltwiseKernels& eltwise_kernels(Isa isa) {
 #if defined(ISPLIT_HAVE_NEON_KERNELS)
