@@ -76,26 +76,21 @@ std::string human_bytes(double v) {
 // cut, only that cut point, whose head alone is built and run to measure it.
 int run_info(const Common& c, bool all, bool json, const std::string& cut, int batch) {
   const int64_t classes = c.num_classes > 0 ? c.num_classes : 1000;
+  // Memory is measured on the head alone for one cut point (first: a bad name fails before
+  // anything big is built), else in one pass over the whole network, which also gives the
+  // totals and per-stage figures.
+  const Shape input = {batch, 3, c.input_size, c.input_size};
+  std::vector<HeadMemory> memory;
   if (!cut.empty()) {
-    bool known = false;
-    std::string names;
-    for (const CutPoint& p : cut_point_names(c.model)) {
-      known |= p.name == cut;
-      names += (names.empty() ? "" : ", ") + p.name;
-    }
-    if (!known) {
-      std::cerr << "isplit: --cut: unknown cut point '" << cut << "' for " << c.model
-                << " (valid: " << names << ")\n";
+    try {
+      memory = {measure_head(c.model, classes, cut, input)};
+    } catch (const CutPointError& e) {
+      std::cerr << "isplit: --cut: " << e.what() << "\n";
       return 2;
     }
   }
-  // The whole network gives the totals and per-stage figures; memory is measured on it in
-  // one pass, or, for one cut point, on that head built alone.
   auto model = build_model(c.model, classes);
-  const Shape input = {batch, 3, c.input_size, c.input_size};
-  const std::vector<HeadMemory> memory =
-      cut.empty() ? measure_cut_memory(*model, input)
-                  : std::vector<HeadMemory>{measure_head(c.model, classes, cut, input)};
+  if (cut.empty()) memory = measure_cut_memory(*model, input);
   auto memory_of = [&](const std::string& name) -> const HeadMemory* {
     for (const HeadMemory& h : memory)
       if (h.cut == name) return &h;

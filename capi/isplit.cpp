@@ -81,16 +81,8 @@ isplit_status guarded(const char* fn, char* err, size_t err_len, isplit_status f
   }
 }
 
-// "a, b, c" of the model's cut point names.
-std::string cut_names(const std::string& arch) {
-  std::string s;
-  for (const isplit::CutPoint& c : isplit::cut_point_names(arch))
-    s += (s.empty() ? "" : ", ") + c.name;
-  return s;
-}
-
-// Builds the model and loads its weights, mapping failures to FILE and FORMAT.
-// With a cut point only the head's stages are built and loaded.
+// Builds the model and loads its weights, mapping failures to FILE, ARGUMENT (an unknown
+// cut point) and FORMAT. With a cut point only the head's stages are built and loaded.
 std::unique_ptr<isplit::Model> load_weights(const std::string& arch, const std::string& path,
                                             const std::string& cut) {
   {
@@ -101,6 +93,8 @@ std::unique_ptr<isplit::Model> load_weights(const std::string& arch, const std::
     return isplit::load_model(arch, path, 0, cut);
   } catch (const std::bad_alloc&) {
     throw;
+  } catch (const isplit::CutPointError& e) {
+    throw ArgumentError(e.what());
   } catch (const std::exception& e) {
     throw FormatError(e.what());
   }
@@ -168,14 +162,6 @@ isplit_status isplit_model_load(const char* arch, const char* weights_path, cons
     }
     auto handle = std::make_unique<isplit_model>();
     handle->cut = cut ? cut : "";
-    if (!handle->cut.empty()) {
-      bool known = false;
-      for (const isplit::CutPoint& c : isplit::cut_point_names(name))
-        known |= c.name == handle->cut;
-      if (!known)
-        throw ArgumentError("unknown cut point '" + handle->cut + "' for " + name +
-                            " (valid: " + cut_names(name) + ")");
-    }
     handle->model = load_weights(name, weights_path, handle->cut);
     handle->model->set_training(false);
     // Folding BatchNorm is faster and gives the same outputs to rounding. It hides the

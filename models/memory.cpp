@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <map>
 
+#include "engine/parallel.h"
+
 namespace isplit {
 
 size_t tensor_storage_bytes(int64_t numel) {
@@ -11,11 +13,21 @@ size_t tensor_storage_bytes(int64_t numel) {
 }
 
 namespace {
-// Zeros of shape input, allocated after the peak counter was restarted by the caller.
-Tensor zeros_input(const Shape& input) { return Tensor(input); }
+// Runs measurements on one thread: which pool thread runs which part of a loop varies from
+// run to run, and each thread grows its own GEMM packing buffers, so a two-thread peak
+// would differ between runs by a few tens of kilobytes.
+class OneThread {
+ public:
+  OneThread() : saved_(num_threads()) { set_num_threads(1); }
+  ~OneThread() { set_num_threads(saved_); }
+
+ private:
+  int saved_;
+};
 }  // namespace
 
 std::vector<HeadMemory> measure_cut_memory(Model& model, const Shape& input) {
+  OneThread one;
   const std::vector<CutPoint> cuts = model.cut_points(true);
   std::map<std::string, size_t> position;
   for (size_t i = 0; i < cuts.size(); ++i) position[cuts[i].name] = i;
@@ -35,7 +47,7 @@ std::vector<HeadMemory> measure_cut_memory(Model& model, const Shape& input) {
   reset_tensor_peak_bytes();
   std::vector<HeadMemory> out;
   {
-    Tensor x = zeros_input(input);
+    Tensor x(input);  // zeros, counted in the peak
     size_t weights = 0;
     model.forward(nullptr, Var{x}, [&](const std::string& name, const Var&) {
       auto it = position.find(name);
@@ -56,6 +68,7 @@ std::vector<HeadMemory> measure_cut_memory(Model& model, const Shape& input) {
 
 HeadMemory measure_head(const std::string& arch, int64_t num_classes, const std::string& cut,
                         const Shape& input) {
+  OneThread one;
   const size_t before = tensor_live_bytes();
   auto head = build_model(arch, num_classes, 0, cut);
   head->set_training(false);
@@ -65,7 +78,7 @@ HeadMemory measure_head(const std::string& arch, int64_t num_classes, const std:
   const size_t baseline = tensor_live_bytes();
   reset_tensor_peak_bytes();
   {
-    Tensor x = zeros_input(input);
+    Tensor x(input);  // zeros, counted in the peak
     head->forward(nullptr, Var{x});
   }
   h.activation_bytes = tensor_peak_bytes() - baseline;

@@ -1,5 +1,6 @@
 // Memory needed to run the head of a split: its weights plus the peak of activations and
-// kernel scratch while it runs (inference, batch of the given input shape).
+// kernel scratch while it runs (inference, batch of the given input shape, one thread:
+// every further thread adds its own GEMM packing buffers).
 #pragma once
 #include <cstddef>
 #include <string>
