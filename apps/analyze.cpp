@@ -127,6 +127,7 @@ int run_analyze(const AnalyzeArgs& a) {
       throw Error("--classes: class " + std::to_string(c) + " does not exist in " + a.data + " (" +
                   std::to_string(dataset->class_names().size()) + " classes)");
   auto model = load_model(a.model, a.weights, a.num_classes);
+  model->pack_for_inference();  // the importance pass needs no weight gradients
   if (static_cast<size_t>(model->num_classes()) < dataset->class_names().size() && a.target == "label")
     throw Error(a.data + ": " + std::to_string(dataset->class_names().size()) +
                 " classes but the model has " + std::to_string(model->num_classes()));

@@ -38,11 +38,13 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   cmd->add_option("--warmup", a.warmup, "untimed passes first (default 2)")->check(CLI::Range(0, 100000));
   cmd->add_option("--num-classes", a.num_classes, "classifier width (default 1000; 10 for train)")->check(CLI::PositiveNumber);
   cmd->add_flag("--json", a.json, "print one JSON object");
+  cmd->add_option("--winograd", a.winograd, "3x3 convolutions by Winograd: on, off or auto (default: ISPLIT_WINOGRAD, else auto)");
   return cmd;
 }
 
 int run_bench(const BenchArgs& a) {
   set_num_threads(a.threads);
+  if (!a.winograd.empty()) set_winograd_mode(parse_winograd_mode(a.winograd, "--winograd"));
   if (a.mode == "train" && a.batch < 2) throw Error("--batch: train mode needs at least 2 images (BatchNorm batch statistics)");
   const int64_t classes = a.num_classes > 0 ? a.num_classes : (a.mode == "train" ? 10 : 1000);
   auto model = build_model(a.model, classes, 1);
@@ -58,6 +60,9 @@ int run_bench(const BenchArgs& a) {
   std::unique_ptr<Optimizer> opt;
   if (a.mode == "forward") {
     model->fold_batchnorm();
+    model->pack_for_inference();
+  } else if (a.mode == "importance") {
+    model->pack_for_inference();
   } else if (a.mode == "train") {
     model->set_training(true);
     OptimizerConfig oc;
@@ -97,6 +102,7 @@ int run_bench(const BenchArgs& a) {
     j["batch"] = a.batch;
     j["threads"] = num_threads();
     j["isa"] = isa_name(active_isa());
+    j["winograd"] = winograd_mode() == WinogradMode::Off ? "off" : winograd_mode() == WinogradMode::On ? "on" : "auto";
     j["iters"] = a.iters;
     j["median_ms"] = median;
     j["min_ms"] = sorted.front();

@@ -17,6 +17,7 @@ struct BenchArgs {
   int warmup = 2;
   int64_t num_classes = 0;  // 0: 1000 (forward, importance) or 10 (train)
   bool json = false;
+  std::string winograd;  // "": ISPLIT_WINOGRAD or auto; else 0/off, 1/on, auto
 };
 
 // Registers `bench` on app with its options bound to args.

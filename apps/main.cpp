@@ -168,6 +168,7 @@ int run_predict(const Common& c, const std::string& weights, const std::string& 
   }
   auto model = load_model(c.model, weights, c.num_classes);
   model->fold_batchnorm();
+  model->pack_for_inference();
   const int64_t classes = model->num_classes();
   if (!labels.empty() && static_cast<int64_t>(labels.size()) != classes)
     throw Error(labels_path + ": " + std::to_string(labels.size()) + " labels for " +

@@ -163,6 +163,7 @@ int run_train(TrainArgs& a) {
 int run_eval(const EvalArgs& a) {
   set_num_threads(a.threads);
   auto model = load_model(a.model, a.weights, a.num_classes);
+  model->pack_for_inference();
   auto data = a.split.empty() ? open_dataset_default_split(a.data, "val") : open_dataset(a.data, a.split);
   EvalOptions o;
   o.input_size = a.input_size;

@@ -168,6 +168,7 @@ isplit_status isplit_model_load(const char* arch, const char* weights_path, cons
     // outputs of folded convolutions, but a head ends at its cut point, so a convolution
     // there has no BatchNorm after it to fold.
     handle->model->fold_batchnorm();
+    handle->model->pack_for_inference();
     *out = handle.release();
   });
 }

@@ -99,8 +99,32 @@ void Conv2d::named_parameters(const std::string& prefix, NamedParams& out) {
   if (has_bias_) out.emplace_back(prefix + "bias", &bias);
 }
 
+void Conv2d::pack_for_inference(bool on) {
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  packed_ = on && winograd_applies(spec_);
+  winograd_.reset();
+}
+
+void Conv2d::set_training(bool training) {
+  Module::set_training(training);
+  if (training) pack_for_inference(false);
+}
+
+const WinogradFilter* Conv2d::winograd_filter_cached() {
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  if (!packed_) return nullptr;
+  if (!winograd_) winograd_ = std::make_shared<const WinogradFilter>(winograd_filter(weight.value));
+  return winograd_.get();
+}
+
 Var Conv2d::forward(Tape* tape, const Var& x) {
-  Tensor y = conv2d_forward(x.value, weight.value, has_bias_ ? &bias.value : nullptr, spec_);
+  const Tensor* b = has_bias_ ? &bias.value : nullptr;
+  const WinogradFilter* wf = nullptr;
+  if (packed_ && !training_ && !(tape && tape->wants(weight)) &&
+      winograd_pays(x.value.shape(), spec_))
+    wf = winograd_filter_cached();
+  Tensor y = wf ? conv2d_forward_winograd(x.value, *wf, b, spec_)
+                : conv2d_forward(x.value, weight.value, b, spec_);
   if (!tape) return Var{y};
   const bool want_w = tape->wants(weight);
   const bool want_b = has_bias_ && tape->wants(bias);
@@ -127,6 +151,8 @@ void Conv2d::fold_scale_shift(const std::vector<float>& scale, const std::vector
     has_bias_ = true;
   }
   for (int64_t c = 0; c < out; ++c) bias.value[c] = bias.value[c] * scale[c] + shift[c];
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  winograd_.reset();  // transformed again from the new weights on next use
 }
 
 // ------------------------------------------------------------------ BatchNorm2d

@@ -7,8 +7,11 @@
 #include <utility>
 #include <vector>
 
+#include <mutex>
+
 #include "engine/tape.h"
 #include "layers/functional.h"
+#include "layers/winograd.h"
 
 namespace isplit {
 
@@ -34,6 +37,9 @@ class Module {
   virtual void named_parameters(const std::string& prefix, NamedParams& out) {}
   // Folds eval-mode batch norms inside this module into their convolutions.
   virtual void fold_batchnorm() {}
+  // Lets the convolutions inside keep weights in the forms their fast inference paths use
+  // (on = false drops them). Only for a network whose weights no longer change.
+  virtual void pack_for_inference(bool on) {}
   // Switches training mode (BatchNorm statistics, Dropout).
   virtual void set_training(bool training) { training_ = training; }
   // True in training mode.
@@ -67,13 +73,23 @@ class Conv2d : public Module {
   void named_parameters(const std::string& prefix, NamedParams& out) override;
   // Folds a following eval-mode batch norm (y = a*x + b per channel) into this conv.
   void fold_scale_shift(const std::vector<float>& scale, const std::vector<float>& shift);
+  // While on, a forward in evaluation mode that needs no weight gradient may run Winograd
+  // (layers/winograd.h) on filters transformed on first use and kept; a change of weights
+  // through fold_scale_shift re-transforms them, training mode or on = false drops them.
+  void pack_for_inference(bool on) override;
+  void set_training(bool training) override;
   const Conv2dSpec& spec() const { return spec_; }
   Parameter weight, bias;
   bool has_bias() const { return has_bias_; }
 
  private:
+  // The Winograd filters, transformed on first use (null when the layer is not packed).
+  const WinogradFilter* winograd_filter_cached();
   Conv2dSpec spec_;
   bool has_bias_;
+  bool packed_ = false;
+  std::mutex pack_mutex_;  // guards the lazy transform (forwards may run concurrently)
+  std::shared_ptr<const WinogradFilter> winograd_;
 };
 
 class BatchNorm2d : public Module {

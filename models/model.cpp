@@ -102,7 +102,13 @@ int64_t Model::parameter_count() {
   return n;
 }
 
+void Model::pack_for_inference(bool on) {
+  for (Stage& s : stages_) s.module->pack_for_inference(on);
+  packed_ = on;
+}
+
 void Model::set_training(bool training, bool dropout) {
+  if (training) packed_ = false;  // the modules drop their packed weights themselves
   for (Stage& s : stages_) {
     const bool is_dropout = dynamic_cast<Dropout*>(s.module.get()) != nullptr;
     s.module->set_training(training && (dropout || !is_dropout));
@@ -141,6 +147,7 @@ void Model::load(const SafetensorsReader& file) {
       throw Error(file.path() + ": tensor '" + name + "': unexpected for " + arch_);
   }
   for (auto& [name, p] : params) p->value.copy_from(file.get(name));
+  if (packed_) pack_for_inference(true);  // forget filters transformed from the old weights
 }
 
 void Model::load(const std::string& path) { load(SafetensorsReader(path)); }

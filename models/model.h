@@ -89,6 +89,14 @@ class Model {
   void fold_batchnorm();
   // True after fold_batchnorm().
   bool folded() const { return folded_; }
+  // Prepares the fast inference paths (on = false undoes it): convolutions that Winograd
+  // computes keep transformed filters, made on first use (only layers whose input shape
+  // makes Winograd pay, see winograd_pays), at up to 4x their weights' memory. Evaluation
+  // forwards without weight gradients use them; load() refreshes them and training mode
+  // drops them.
+  void pack_for_inference(bool on = true);
+  // True while packed for inference.
+  bool packed() const { return packed_; }
 
  protected:
   struct Stage {
@@ -118,6 +126,7 @@ class Model {
   bool names_only_ = false;
   bool complete_ = false;
   bool folded_ = false;
+  bool packed_ = false;
 };
 
 // Names of the architectures build_model knows.

@@ -74,6 +74,10 @@ class Bottleneck : public Module {
     for (Module* m : members()) m->set_training(training);
   }
 
+  void pack_for_inference(bool on) override {
+    for (Module* m : members()) m->pack_for_inference(on);
+  }
+
   void fold_batchnorm() override {
     fold_conv_bn(conv1_, bn1_);
     fold_conv_bn(conv2_, bn2_);

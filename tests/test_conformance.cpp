@@ -118,6 +118,24 @@ void check_case(const std::string& name, const std::string& arch) {
     check_close(model->predict(io.get("input")), io.get("logits"), kLogitTol,
                 arch + " folded logits");
   }
+  // Winograd on every 3x3 stride-1 layer, whatever its size: the importance pass (cut
+  // gradients; its backward stays direct) and the folded inference path.
+  SUBCASE("packed for Winograd: eval logits and cut-point gradients") {
+    const WinogradMode saved = winograd_mode();
+    set_winograd_mode(WinogradMode::On);
+    model->pack_for_inference();
+    check_eval(*model, io);
+    set_winograd_mode(saved);
+  }
+  SUBCASE("folded and packed for Winograd gives the same logits") {
+    const WinogradMode saved = winograd_mode();
+    set_winograd_mode(WinogradMode::On);
+    model->fold_batchnorm();
+    model->pack_for_inference();
+    check_close(model->predict(io.get("input")), io.get("logits"), kLogitTol,
+                arch + " folded Winograd logits");
+    set_winograd_mode(saved);
+  }
 }
 
 }  // namespace

@@ -1,0 +1,8 @@
+// Winograd F(4x4, 3x3) transforms for AVX2 (compiled with -mavx2 -mfma).
+#include "engine/kernels/winograd_impl.h"
+
+namespace isplit {
+
+const WinogradKernels kWinogradAvx2 = {winograd_impl::input16, winograd_impl::output16};
+
+}  // namespace isplit

@@ -1,0 +1,8 @@
+// Winograd F(4x4, 3x3) transforms for AVX-512 (compiled with -mavx512f and friends).
+#include "engine/kernels/winograd_impl.h"
+
+namespace isplit {
+
+const WinogradKernels kWinogradAvx512 = {winograd_impl::input16, winograd_impl::output16};
+
+}  // namespace isplit

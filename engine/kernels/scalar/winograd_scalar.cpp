@@ -1,0 +1,18 @@
+// Winograd F(4x4, 3x3) transforms with baseline flags (on AArch64 the compiler vectorises
+// them with NEON), and the table dispatch.
+#include "engine/kernels/winograd_impl.h"
+
+namespace isplit {
+
+const WinogradKernels kWinogradScalar = {winograd_impl::input16, winograd_impl::output16};
+
+const WinogradKernels& winograd_kernels(Isa isa) {
+#if defined(ISPLIT_HAVE_X86_KERNELS)
+  if (isa == Isa::Avx512) return kWinogradAvx512;
+  if (isa == Isa::Avx2) return kWinogradAvx2;
+#endif
+  (void)isa;
+  return kWinogradScalar;
+}
+
+}  // namespace isplit

@@ -1,0 +1,41 @@
+// Winograd F(4x4, 3x3) tile transforms, one table per ISA (engine/kernels/winograd_impl.h
+// holds the one source every table is compiled from, each with its own ISA flags).
+//
+// Sixteen tiles travel side by side, one per lane: a transform reads and writes arrays of
+// 16 floats, so every arithmetic step is one vector operation on AVX-512, two on AVX2 or
+// four on NEON. Each lane rounds exactly as the scalar table does (no fused multiply-add,
+// no reassociation), so all tables give the same bits.
+//
+// With d a 6x6 input patch, g a 3x3 filter and m the element-wise product of their
+// transforms summed over input channels, one output tile is
+//   Y = A^T [ (G g G^T) . (B^T d B) ] A        (Lavin and Gray's points 0, +-1, +-2, inf)
+#pragma once
+#include <cstdint>
+
+#include "engine/cpu.h"
+
+namespace isplit {
+
+// Lanes (tiles) handled by one call of a transform.
+constexpr int64_t kWinogradLanes = 16;
+
+struct WinogradKernels {
+  // in[(r * 6 + c) * 16 + lane]: sixteen 6x6 input patches. Writes B^T d B of each to
+  // v[xi * stride + lane] for xi = 0..35 (xi = row * 6 + column of the 6x6 transform).
+  void (*input16)(const float* in, float* v, int64_t stride);
+  // m[xi * stride + lane] for xi = 0..35: sixteen 6x6 transformed products. Writes
+  // A^T m A + bias (then max(., 0) when relu) to out[(i * 4 + j) * 16 + lane].
+  void (*output16)(const float* m, int64_t stride, float bias, bool relu, float* out);
+};
+
+// The transforms of one ISA (unsupported ones give the scalar table).
+const WinogradKernels& winograd_kernels(Isa isa);
+
+// Tables behind winograd_kernels().
+extern const WinogradKernels kWinogradScalar;
+#if defined(ISPLIT_HAVE_X86_KERNELS)
+extern const WinogradKernels kWinogradAvx2;
+extern const WinogradKernels kWinogradAvx512;
+#endif
+
+}  // namespace isplit

@@ -1,0 +1,194 @@
+// Winograd F(4x4, 3x3) convolution against the direct-loop oracle: random shapes with
+// partial edge tiles, every padding the layers use, batches that put tiles of several
+// images in one block, fused bias and ReLU; its rounding error bounded by the size of
+// the sums; the same bits from every thread count and every ISA's transforms.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "engine/cpu.h"
+#include "engine/kernels/winograd.h"
+#include "engine/parallel.h"
+#include "layers/winograd.h"
+
+using namespace isplit;
+
+namespace {
+
+Tensor randn(const Shape& shape, std::mt19937_64& rng, double sd = 1.0) {
+  std::normal_distribution<double> dist(0.0, sd);
+  Tensor t = Tensor::empty(shape);
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<float>(dist(rng));
+  return t;
+}
+
+Conv2dSpec spec3x3(int64_t cin, int64_t cout, int64_t pad) {
+  Conv2dSpec s;
+  s.in_channels = cin;
+  s.out_channels = cout;
+  s.kh = s.kw = 3;
+  s.pad_h = s.pad_w = pad;
+  return s;
+}
+
+// Largest |ours - ref| / (Cin * 9 * max|x| * max|w|): the error in units of the largest
+// sum the layer could form, so one bound holds for every shape. (Per output, a sum of
+// |x| |w| over its own taps is no scale for Winograd: a tile's result is formed from
+// transformed values of its whole 6x6 patch, so an output whose own taps are small still
+// carries the rounding of its neighbours'.)
+double scaled_error(const Tensor& ours, const Tensor& ref, const Tensor& x, const Tensor& w) {
+  double mx = 0.0, mw = 0.0, worst = 0.0;
+  for (int64_t i = 0; i < x.numel(); ++i) mx = std::max(mx, double(std::fabs(x[i])));
+  for (int64_t i = 0; i < w.numel(); ++i) mw = std::max(mw, double(std::fabs(w[i])));
+  const double scale = std::max(double(x.dim(1)) * 9.0 * mx * mw, 1e-30);
+  for (int64_t i = 0; i < ref.numel(); ++i)
+    worst = std::max(worst, std::fabs(double(ours[i]) - ref[i]) / scale);
+  return worst;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.numel() == b.numel() &&
+         std::memcmp(a.data(), b.data(), static_cast<size_t>(a.numel()) * sizeof(float)) == 0;
+}
+
+// The bound on scaled_error. F(4x4, 3x3)'s transforms have entries up to 8 and its filter
+// transform divides by 6 and 24, so it rounds worse than a direct sum; the worst measured
+// on these shapes is 2.6e-7 (float32 epsilon is 1.2e-7). A wrong transform entry gives
+// errors of order 1e-2.
+constexpr double kScaledTol = 4e-6;
+
+}  // namespace
+
+TEST_SUITE("winograd") {
+  TEST_CASE("matches the direct convolution on random shapes, paddings and batches") {
+    std::mt19937_64 rng(42);
+    const int64_t sizes[] = {1, 2, 3, 4, 5, 6, 7, 9, 13, 14, 17};
+    const int64_t chans[] = {1, 3, 16, 17, 33};
+    std::uniform_int_distribution<int> pick_size(0, 10), pick_chan(0, 4), pick_pad(0, 2),
+        pick_n(1, 3);
+    double worst = 0.0;
+    for (int trial = 0; trial < 60; ++trial) {
+      const int64_t n = pick_n(rng), h = sizes[pick_size(rng)], w = sizes[pick_size(rng)];
+      const int64_t cin = chans[pick_chan(rng)], cout = chans[pick_chan(rng)];
+      const int64_t pad = pick_pad(rng);
+      if (h + 2 * pad < 3 || w + 2 * pad < 3) continue;
+      const Conv2dSpec s = spec3x3(cin, cout, pad);
+      const Tensor x = randn({n, cin, h, w}, rng), wt = randn({cout, cin, 3, 3}, rng, 0.3);
+      const Tensor b = randn({cout}, rng);
+      const bool relu = trial % 2 == 1;
+      Tensor ref = conv2d_forward_naive(x, wt, &b, s);
+      if (relu)
+        for (int64_t i = 0; i < ref.numel(); ++i) ref[i] = std::max(ref[i], 0.0f);
+      const Tensor ours = conv2d_forward_winograd(x, winograd_filter(wt), &b, s, relu);
+      REQUIRE(ours.shape() == ref.shape());
+      const double err = scaled_error(ours, ref, x, wt);
+      CHECK_MESSAGE(err <= kScaledTol, "n " << n << " cin " << cin << " cout " << cout << " "
+                                            << h << "x" << w << " pad " << pad << ": " << err);
+      worst = std::max(worst, err);
+    }
+    MESSAGE("worst scaled Winograd error: " << worst);
+  }
+
+  TEST_CASE("many tiles: several tile blocks, the last one partial") {
+    std::mt19937_64 rng(7);
+    const Conv2dSpec s = spec3x3(64, 64, 1);
+    // 2 x (15 x 15) tiles of a 57 x 59 output: more than one block, ragged edges.
+    const Tensor x = randn({2, 64, 57, 59}, rng), wt = randn({64, 64, 3, 3}, rng, 0.1);
+    const Tensor ref = conv2d_forward_naive(x, wt, nullptr, s);
+    const Tensor ours = conv2d_forward_winograd(x, winograd_filter(wt), nullptr, s);
+    CHECK(scaled_error(ours, ref, x, wt) <= kScaledTol);
+  }
+
+  TEST_CASE("the thread count and the ISA never change a bit of the transforms") {
+    std::mt19937_64 rng(3);
+    const Conv2dSpec s = spec3x3(24, 40, 1);
+    const Tensor x = randn({3, 24, 23, 18}, rng), wt = randn({40, 24, 3, 3}, rng, 0.2);
+    const Tensor b = randn({40}, rng);
+    const WinogradFilter f = winograd_filter(wt);
+    const int saved = num_threads();
+    set_num_threads(1);
+    const Tensor one = conv2d_forward_winograd(x, f, &b, s, true);
+    set_num_threads(2);
+    const Tensor two = conv2d_forward_winograd(x, f, &b, s, true);
+    set_num_threads(saved);
+    CHECK(same_bits(one, two));
+
+    // Transforms alone (the GEMMs of different ISAs may fuse differently).
+    std::vector<float> in(36 * kWinogradLanes), m(36 * kWinogradLanes);
+    std::normal_distribution<float> dist(0.0f, 3.0f);
+    for (float& v : in) v = dist(rng);
+    for (float& v : m) v = dist(rng);
+    in[5] = std::numeric_limits<float>::infinity();
+    const WinogradKernels& ref = winograd_kernels(Isa::Scalar);
+    std::vector<float> v_ref(36 * kWinogradLanes), o_ref(16 * kWinogradLanes);
+    ref.input16(in.data(), v_ref.data(), kWinogradLanes);
+    ref.output16(m.data(), kWinogradLanes, 0.25f, true, o_ref.data());
+    for (Isa isa : {Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+      if (!isa_supported(isa)) continue;
+      std::vector<float> v(36 * kWinogradLanes), o(16 * kWinogradLanes);
+      winograd_kernels(isa).input16(in.data(), v.data(), kWinogradLanes);
+      winograd_kernels(isa).output16(m.data(), kWinogradLanes, 0.25f, true, o.data());
+      CHECK_MESSAGE(std::memcmp(v.data(), v_ref.data(), v.size() * 4) == 0, isa_name(isa));
+      CHECK_MESSAGE(std::memcmp(o.data(), o_ref.data(), o.size() * 4) == 0, isa_name(isa));
+    }
+  }
+
+  TEST_CASE("every ISA's whole convolution is within the bound") {
+    std::mt19937_64 rng(11);
+    const Conv2dSpec s = spec3x3(32, 16, 1);
+    const Tensor x = randn({1, 32, 12, 12}, rng), wt = randn({16, 32, 3, 3}, rng, 0.2);
+    const Tensor ref = conv2d_forward_naive(x, wt, nullptr, s);
+    const WinogradFilter f = winograd_filter(wt);
+    const Isa saved = active_isa();
+    for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+      if (!isa_supported(isa)) continue;
+      set_active_isa(isa);
+      CHECK_MESSAGE(scaled_error(conv2d_forward_winograd(x, f, nullptr, s), ref, x, wt) <= kScaledTol,
+                    isa_name(isa));
+    }
+    set_active_isa(saved);
+  }
+
+  TEST_CASE("modes, applicability and bad arguments") {
+    CHECK(winograd_applies(spec3x3(8, 8, 1)));
+    Conv2dSpec strided = spec3x3(8, 8, 1);
+    strided.stride_h = strided.stride_w = 2;
+    CHECK_FALSE(winograd_applies(strided));
+    Conv2dSpec grouped = spec3x3(8, 8, 1);
+    grouped.groups = 2;
+    CHECK_FALSE(winograd_applies(grouped));
+    Conv2dSpec five = spec3x3(8, 8, 2);
+    five.kh = five.kw = 5;
+    CHECK_FALSE(winograd_applies(five));
+    CHECK_THROWS_AS(conv2d_forward_winograd(Tensor::zeros({1, 8, 8, 8}),
+                                            winograd_filter(Tensor::zeros({8, 8, 3, 3})),
+                                            nullptr, strided),
+                    Error);
+    CHECK_THROWS_AS(conv2d_forward_winograd(Tensor::zeros({1, 4, 8, 8}),
+                                            winograd_filter(Tensor::zeros({8, 8, 3, 3})),
+                                            nullptr, spec3x3(8, 8, 1)),
+                    Error);
+    CHECK_THROWS_AS(winograd_filter(Tensor::zeros({8, 8, 5, 5})), Error);
+    CHECK(parse_winograd_mode("off", "x") == WinogradMode::Off);
+    CHECK(parse_winograd_mode("1", "x") == WinogradMode::On);
+    CHECK(parse_winograd_mode("auto", "x") == WinogradMode::Auto);
+    CHECK_THROWS_WITH_AS(parse_winograd_mode("fast", "--winograd"),
+                         doctest::Contains("--winograd"), Error);
+
+    const WinogradMode saved = winograd_mode();
+    set_winograd_mode(WinogradMode::Auto);
+    CHECK(winograd_pays({1, 64, 56, 56}, spec3x3(64, 64, 1)));
+    CHECK_FALSE(winograd_pays({1, 3, 224, 224}, spec3x3(3, 64, 1)));  // too few channels
+    CHECK_FALSE(winograd_pays({1, 512, 7, 7}, spec3x3(512, 512, 1)));  // too few tiles
+    set_winograd_mode(WinogradMode::Off);
+    CHECK_FALSE(winograd_pays({1, 64, 56, 56}, spec3x3(64, 64, 1)));
+    set_winograd_mode(WinogradMode::On);
+    CHECK(winograd_pays({1, 512, 7, 7}, spec3x3(512, 512, 1)));
+    CHECK_FALSE(winograd_pays({1, 8, 8, 8}, strided));
+    set_winograd_mode(saved);
+  }
+}
