@@ -103,6 +103,7 @@ void Conv2d::pack_for_inference(bool on) {
   std::lock_guard<std::mutex> lock(pack_mutex_);
   packed_ = on && winograd_applies(spec_);
   winograd_.reset();
+  winograd_t_.reset();
 }
 
 void Conv2d::set_training(bool training) {
@@ -110,11 +111,14 @@ void Conv2d::set_training(bool training) {
   if (training) pack_for_inference(false);
 }
 
-const WinogradFilter* Conv2d::winograd_filter_cached() {
+const WinogradFilter* Conv2d::winograd_filter_cached(bool transposed) {
   std::lock_guard<std::mutex> lock(pack_mutex_);
   if (!packed_) return nullptr;
-  if (!winograd_) winograd_ = std::make_shared<const WinogradFilter>(winograd_filter(weight.value));
-  return winograd_.get();
+  auto& slot = transposed ? winograd_t_ : winograd_;
+  if (!slot)
+    slot = std::make_shared<const WinogradFilter>(transposed ? winograd_filter_transposed(weight.value)
+                                                             : winograd_filter(weight.value));
+  return slot.get();
 }
 
 Var Conv2d::forward(Tape* tape, const Var& x) {
@@ -122,7 +126,7 @@ Var Conv2d::forward(Tape* tape, const Var& x) {
   const WinogradFilter* wf = nullptr;
   if (packed_ && !training_ && !(tape && tape->wants(weight)) &&
       winograd_pays(x.value.shape(), spec_))
-    wf = winograd_filter_cached();
+    wf = winograd_filter_cached(false);
   Tensor y = wf ? conv2d_forward_winograd(x.value, *wf, b, spec_)
                 : conv2d_forward(x.value, weight.value, b, spec_);
   if (!tape) return Var{y};
@@ -132,7 +136,15 @@ Var Conv2d::forward(Tape* tape, const Var& x) {
   return tape->record(
       y, {&x},
       [this, xv, want_w, want_b](const Tensor& gy, std::vector<Tensor*>& gin) {
-        if (gin[0]) conv2d_backward_data(gy, weight.value, spec_, *gin[0]);
+        if (gin[0]) {
+          const WinogradFilter* wt = nullptr;
+          if (packed_ && !training_ && !want_w && winograd_backward_pays(gy.shape(), spec_))
+            wt = winograd_filter_cached(true);
+          if (wt)
+            conv2d_backward_data_winograd(gy, *wt, spec_, *gin[0]);
+          else
+            conv2d_backward_data(gy, weight.value, spec_, *gin[0]);
+        }
         if (want_w) conv2d_backward_weight(gy, xv, spec_, &grad_of(weight), nullptr);
         if (want_b) channel_sum_add(gy, grad_of(bias));
       },
@@ -153,6 +165,7 @@ void Conv2d::fold_scale_shift(const std::vector<float>& scale, const std::vector
   for (int64_t c = 0; c < out; ++c) bias.value[c] = bias.value[c] * scale[c] + shift[c];
   std::lock_guard<std::mutex> lock(pack_mutex_);
   winograd_.reset();  // transformed again from the new weights on next use
+  winograd_t_.reset();
 }
 
 // ------------------------------------------------------------------ BatchNorm2d

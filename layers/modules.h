@@ -74,8 +74,9 @@ class Conv2d : public Module {
   // Folds a following eval-mode batch norm (y = a*x + b per channel) into this conv.
   void fold_scale_shift(const std::vector<float>& scale, const std::vector<float>& shift);
   // While on, a forward in evaluation mode that needs no weight gradient may run Winograd
-  // (layers/winograd.h) on filters transformed on first use and kept; a change of weights
-  // through fold_scale_shift re-transforms them, training mode or on = false drops them.
+  // (layers/winograd.h) on filters transformed on first use and kept, and so may its
+  // backward's data gradient (the importance pass); a change of weights through
+  // fold_scale_shift re-transforms them, training mode or on = false drops them.
   void pack_for_inference(bool on) override;
   void set_training(bool training) override;
   const Conv2dSpec& spec() const { return spec_; }
@@ -83,13 +84,14 @@ class Conv2d : public Module {
   bool has_bias() const { return has_bias_; }
 
  private:
-  // The Winograd filters, transformed on first use (null when the layer is not packed).
-  const WinogradFilter* winograd_filter_cached();
+  // The Winograd filters of the forward (or, transposed, of the data gradient),
+  // transformed on first use; null when the layer is not packed.
+  const WinogradFilter* winograd_filter_cached(bool transposed);
   Conv2dSpec spec_;
   bool has_bias_;
   bool packed_ = false;
   std::mutex pack_mutex_;  // guards the lazy transform (forwards may run concurrently)
-  std::shared_ptr<const WinogradFilter> winograd_;
+  std::shared_ptr<const WinogradFilter> winograd_, winograd_t_;
 };
 
 class BatchNorm2d : public Module {

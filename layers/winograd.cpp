@@ -66,10 +66,11 @@ void gather_patches(const float* x, int64_t channels, int64_t c, int64_t h, int6
   }
 }
 
-// Writes the 4x4 output tiles out[(i * 4 + j) * 16 + lane] of `lanes` tiles starting at t0
-// into channel k of y, dropping what falls outside the oh x ow output.
+// Writes (or, with accumulate, adds) the 4x4 output tiles out[(i * 4 + j) * 16 + lane] of
+// `lanes` tiles starting at t0 into channel k of y, dropping what falls outside oh x ow.
 void scatter_tiles(const float* out, int64_t lanes, const TileGeometry& geo, int64_t t0,
-                   int64_t k, int64_t channels, int64_t oh, int64_t ow, float* y) {
+                   int64_t k, int64_t channels, int64_t oh, int64_t ow, bool accumulate,
+                   float* y) {
   for (int64_t l = 0; l < lanes; ++l) {
     int64_t img, oy, ox;
     geo.locate(t0 + l, img, oy, ox);
@@ -77,7 +78,10 @@ void scatter_tiles(const float* out, int64_t lanes, const TileGeometry& geo, int
     const int64_t rows = std::min<int64_t>(4, oh - oy), cols = std::min<int64_t>(4, ow - ox);
     for (int64_t i = 0; i < rows; ++i) {
       float* dst = plane + (oy + i) * ow + ox;
-      for (int64_t j = 0; j < cols; ++j) dst[j] = out[(i * 4 + j) * L + l];
+      if (accumulate)
+        for (int64_t j = 0; j < cols; ++j) dst[j] += out[(i * 4 + j) * L + l];
+      else
+        for (int64_t j = 0; j < cols; ++j) dst[j] = out[(i * 4 + j) * L + l];
     }
   }
 }
@@ -149,19 +153,11 @@ WinogradFilter winograd_filter(const Tensor& w) {
   return f;
 }
 
-Tensor conv2d_forward_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b,
-                               const Conv2dSpec& s, bool relu) {
-  if (!winograd_applies(s))
-    throw Error("winograd: only 3x3 convolutions with stride 1, dilation 1 and one group");
-  if (x.ndim() != 4 || x.dim(1) != s.in_channels)
-    throw Error("winograd: input " + shape_str(x.shape()) + " does not have " +
-                std::to_string(s.in_channels) + " channels");
-  if (f.in_channels != s.in_channels || f.out_channels != s.out_channels)
-    throw Error("winograd: the filter's channels do not match the convolution");
-  if (b && b->numel() != s.out_channels) throw Error("winograd: bias size mismatch");
-  const Shape os = conv2d_out_shape(x.shape(), s);
-  Tensor y = Tensor::empty(os);
-  if (y.numel() == 0) return y;
+namespace {
+// The Winograd convolution of x (channels s.in_channels) with f into y (shape os, already
+// allocated), written or added (accumulate), plus bias and ReLU when writing.
+void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, const Conv2dSpec& s,
+                  bool relu, const Shape& os, bool accumulate, float* yd) {
   const int64_t n = x.dim(0), cin = s.in_channels, h = x.dim(2), w = x.dim(3);
   const int64_t cout = s.out_channels, oh = os[2], ow = os[3];
   const TileGeometry geo{((oh + 3) / 4) * ((ow + 3) / 4), (ow + 3) / 4};
@@ -177,7 +173,6 @@ Tensor conv2d_forward_winograd(const Tensor& x, const WinogradFilter& f, const T
   const float* ud = f.u.data();
   float* vd = vbuf.data();
   float* md = mbuf.data();
-  float* yd = y.data();
   for (int64_t t0 = 0; t0 < tiles; t0 += tb) {
     const int64_t count = std::min(tb, tiles - t0), groups = (count + L - 1) / L;
     parallel_for(cin * groups, [&](int64_t lo, int64_t hi) {
@@ -202,11 +197,74 @@ Tensor conv2d_forward_winograd(const Tensor& x, const WinogradFilter& f, const T
         const int64_t k = item / groups, g = item % groups;
         const int64_t lanes = std::min(L, count - g * L);
         kern.output16(md + k * stride + g * L, cout * stride, b ? (*b)[k] : 0.0f, relu, out);
-        scatter_tiles(out, lanes, geo, t0 + g * L, k, cout, oh, ow, yd);
+        scatter_tiles(out, lanes, geo, t0 + g * L, k, cout, oh, ow, accumulate, yd);
       }
     });
   }
+}
+
+// The convolution whose output is the data gradient of s: channels swapped, padding 2 - p.
+Conv2dSpec transposed_spec(const Conv2dSpec& s) {
+  Conv2dSpec t = s;
+  t.in_channels = s.out_channels;
+  t.out_channels = s.in_channels;
+  t.pad_h = 2 - s.pad_h;
+  t.pad_w = 2 - s.pad_w;
+  return t;
+}
+}  // namespace
+
+Tensor conv2d_forward_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b,
+                               const Conv2dSpec& s, bool relu) {
+  if (!winograd_applies(s))
+    throw Error("winograd: only 3x3 convolutions with stride 1, dilation 1 and one group");
+  if (x.ndim() != 4 || x.dim(1) != s.in_channels)
+    throw Error("winograd: input " + shape_str(x.shape()) + " does not have " +
+                std::to_string(s.in_channels) + " channels");
+  if (f.in_channels != s.in_channels || f.out_channels != s.out_channels)
+    throw Error("winograd: the filter's channels do not match the convolution");
+  if (b && b->numel() != s.out_channels) throw Error("winograd: bias size mismatch");
+  const Shape os = conv2d_out_shape(x.shape(), s);
+  Tensor y = Tensor::empty(os);
+  if (y.numel() > 0) run_winograd(x, f, b, s, relu, os, /*accumulate=*/false, y.data());
   return y;
+}
+
+bool winograd_backward_applies(const Conv2dSpec& s) {
+  return winograd_applies(s) && s.pad_h >= 0 && s.pad_h <= 2 && s.pad_w >= 0 && s.pad_w <= 2;
+}
+
+bool winograd_backward_pays(const Shape& gy, const Conv2dSpec& s) {
+  return winograd_backward_applies(s) && winograd_pays(gy, transposed_spec(s));
+}
+
+WinogradFilter winograd_filter_transposed(const Tensor& w) {
+  if (w.ndim() != 4 || w.dim(2) != 3 || w.dim(3) != 3)
+    throw Error("winograd: expected a [Cout, Cin, 3, 3] filter, got " + shape_str(w.shape()));
+  const int64_t cout = w.dim(0), cin = w.dim(1);
+  Tensor t = Tensor::empty({cin, cout, 3, 3});
+  for (int64_t o = 0; o < cout; ++o)
+    for (int64_t i = 0; i < cin; ++i)
+      for (int64_t k = 0; k < 9; ++k) t[(i * cout + o) * 9 + (8 - k)] = w[(o * cin + i) * 9 + k];
+  return winograd_filter(t);
+}
+
+void conv2d_backward_data_winograd(const Tensor& gy, const WinogradFilter& ft, const Conv2dSpec& s,
+                                   Tensor& gx) {
+  if (!winograd_backward_applies(s))
+    throw Error("winograd: data gradient only of 3x3 stride-1 convolutions padded by 0 to 2");
+  if (gx.ndim() != 4 || gx.dim(1) != s.in_channels)
+    throw Error("winograd: input gradient " + shape_str(gx.shape()) + " does not have " +
+                std::to_string(s.in_channels) + " channels");
+  const Shape os = conv2d_out_shape(gx.shape(), s);
+  if (gy.shape() != os)
+    throw Error("winograd: output gradient " + shape_str(gy.shape()) + ", expected " +
+                shape_str(os));
+  if (ft.in_channels != s.out_channels || ft.out_channels != s.in_channels)
+    throw Error("winograd: the transposed filter's channels do not match the convolution");
+  if (gx.numel() == 0) return;
+  run_winograd(gy, ft, nullptr, transposed_spec(s), false, gx.shape(), /*accumulate=*/true,
+               gx.data());
 }
 
 }  // namespace isplit

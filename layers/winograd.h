@@ -39,4 +39,16 @@ WinogradFilter winograd_filter(const Tensor& w);
 Tensor conv2d_forward_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b,
                                const Conv2dSpec& s, bool relu = false);
 
+// The data gradient of a 3x3 stride-1 convolution is itself one (channels swapped, filter
+// rotated by 180 degrees, padding 2 - p), so Winograd computes it too.
+// True when s's data gradient can be computed so (winograd_applies and padding 0..2).
+bool winograd_backward_applies(const Conv2dSpec& s);
+// Whether that pays for an output gradient of shape gy under the current mode.
+bool winograd_backward_pays(const Shape& gy, const Conv2dSpec& s);
+// The Winograd filters of that convolution, from w [Cout, Cin, 3, 3].
+WinogradFilter winograd_filter_transposed(const Tensor& w);
+// gx += dL/dx for dL/dy = gy, with ft = winograd_filter_transposed(w).
+void conv2d_backward_data_winograd(const Tensor& gy, const WinogradFilter& ft, const Conv2dSpec& s,
+                                   Tensor& gx);
+
 }  // namespace isplit

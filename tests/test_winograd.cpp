@@ -93,6 +93,41 @@ TEST_SUITE("winograd") {
     MESSAGE("worst scaled Winograd error: " << worst);
   }
 
+  TEST_CASE("the data gradient matches the direct backward and accumulates") {
+    std::mt19937_64 rng(5);
+    const int64_t sizes[] = {2, 3, 5, 8, 11, 14};
+    const int64_t chans[] = {1, 7, 16, 33};
+    std::uniform_int_distribution<int> pick_size(0, 5), pick_chan(0, 3), pick_pad(0, 2);
+    for (int trial = 0; trial < 30; ++trial) {
+      const int64_t h = sizes[pick_size(rng)], w = sizes[pick_size(rng)], pad = pick_pad(rng);
+      const int64_t cin = chans[pick_chan(rng)], cout = chans[pick_chan(rng)], n = 1 + trial % 2;
+      if (h + 2 * pad < 3 || w + 2 * pad < 3) continue;
+      const Conv2dSpec s = spec3x3(cin, cout, pad);
+      const Tensor wt = randn({cout, cin, 3, 3}, rng, 0.3);
+      const Tensor gy = randn(conv2d_out_shape({n, cin, h, w}, s), rng);
+      const Tensor start = randn({n, cin, h, w}, rng);  // gradients add to what is there
+      Tensor ref = start.clone(), ours = start.clone();
+      conv2d_backward_data(gy, wt, s, ref);
+      conv2d_backward_data_winograd(gy, winograd_filter_transposed(wt), s, ours);
+      // In units of the largest sum: Cout * 9 * max|gy| * max|w| (the start values are
+      // of order one and add exactly one rounding).
+      double mg = 0.0, mw = 0.0, worst = 0.0;
+      for (int64_t i = 0; i < gy.numel(); ++i) mg = std::max(mg, double(std::fabs(gy[i])));
+      for (int64_t i = 0; i < wt.numel(); ++i) mw = std::max(mw, double(std::fabs(wt[i])));
+      for (int64_t i = 0; i < ref.numel(); ++i)
+        worst = std::max(worst, std::fabs(double(ours[i]) - ref[i]) / (cout * 9.0 * mg * mw));
+      CHECK_MESSAGE(worst <= kScaledTol, "cin " << cin << " cout " << cout << " " << h << "x"
+                                                << w << " pad " << pad << ": " << worst);
+    }
+    Conv2dSpec wide = spec3x3(4, 4, 3);
+    CHECK_FALSE(winograd_backward_applies(wide));
+    Tensor gx = Tensor::zeros({1, 4, 6, 6});
+    CHECK_THROWS_AS(conv2d_backward_data_winograd(Tensor::zeros({1, 4, 10, 10}),
+                                                  winograd_filter_transposed(Tensor::zeros({4, 4, 3, 3})),
+                                                  wide, gx),
+                    Error);
+  }
+
   TEST_CASE("many tiles: several tile blocks, the last one partial") {
     std::mt19937_64 rng(7);
     const Conv2dSpec s = spec3x3(64, 64, 1);
