@@ -580,6 +580,28 @@ Tensor relu_forward(const Tensor& x) {
   return y;
 }
 
+void relu_inplace(Tensor& y) {
+  float* d = y.data();
+  const EltwiseKernels& k = eltwise();
+  parallel_for(y.numel(), [&](int64_t b, int64_t e) { k.relu(d + b, d + b, e - b); });
+}
+
+void add_relu_inplace(Tensor& y, const Tensor& x) {
+  if (y.shape() != x.shape())
+    throw Error("add: shapes " + shape_str(y.shape()) + " and " + shape_str(x.shape()) + " differ");
+  float* d = y.data();
+  const float* s = x.data();
+  const EltwiseKernels& k = eltwise();
+  parallel_for(y.numel(), [&](int64_t b, int64_t e) {
+    // In cache-sized pieces, so the ReLU reads what the add just wrote from L1.
+    for (int64_t p = b; p < e; p += 2048) {
+      const int64_t q = std::min(e, p + 2048);
+      k.add_into(d + p, s + p, q - p);
+      k.relu(d + p, d + p, q - p);
+    }
+  });
+}
+
 void relu_backward(const Tensor& gy, const Tensor& y, Tensor& gx) {
   const float* g = gy.data();
   const float* v = y.data();

@@ -68,6 +68,10 @@ void batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight,
 Tensor relu_forward(const Tensor& x);
 // gx += gy where y > 0.
 void relu_backward(const Tensor& gy, const Tensor& y, Tensor& gx);
+// y = max(y, 0) in place (inference: a ReLU fused into the layer before it).
+void relu_inplace(Tensor& y);
+// y = max(y + x, 0) in place (inference: a residual block's add and ReLU in one pass).
+void add_relu_inplace(Tensor& y, const Tensor& x);
 
 // ------------------------------------------------------------------ pooling
 struct Pool2dSpec {

@@ -121,7 +121,21 @@ const WinogradFilter* Conv2d::winograd_filter_cached(bool transposed) {
   return slot.get();
 }
 
+Tensor Conv2d::infer(const Tensor& x, bool relu) {
+  const Tensor* b = has_bias_ ? &bias.value : nullptr;
+  const WinogradFilter* wf = nullptr;
+  if (packed_ && !training_ && winograd_pays(x.shape(), spec_)) wf = winograd_filter_cached(false);
+  if (wf) return conv2d_forward_winograd(x, *wf, b, spec_, relu);
+  Tensor y = conv2d_forward(x, weight.value, b, spec_);
+  if (relu) relu_inplace(y);
+  return y;
+}
+
 Var Conv2d::forward(Tape* tape, const Var& x) {
+  if (fused_relu_) {
+    if (tape) throw Error("Conv2d: its ReLU is fused for inference; cannot record a backward");
+    return Var{infer(x.value, true)};
+  }
   const Tensor* b = has_bias_ ? &bias.value : nullptr;
   const WinogradFilter* wf = nullptr;
   if (packed_ && !training_ && !(tape && tape->wants(weight)) &&
@@ -166,6 +180,18 @@ void Conv2d::fold_scale_shift(const std::vector<float>& scale, const std::vector
   std::lock_guard<std::mutex> lock(pack_mutex_);
   winograd_.reset();  // transformed again from the new weights on next use
   winograd_t_.reset();
+}
+
+// ------------------------------------------------------------------ ReLU
+Var ReLU::forward(Tape* tape, const Var& x) {
+  if (!fused_) return relu(tape, x);
+  if (tape) throw Error("ReLU: fused into the layer before for inference; cannot record a backward");
+  return x;
+}
+
+Var ReLU::forward_pre_relu(Tape* tape, const Var& x, Var* pre_relu) {
+  *pre_relu = fused_ ? Var() : x;  // a fused ReLU's input is gone
+  return forward(tape, x);
 }
 
 // ------------------------------------------------------------------ BatchNorm2d

@@ -79,6 +79,13 @@ class Conv2d : public Module {
   // fold_scale_shift re-transforms them, training mode or on = false drops them.
   void pack_for_inference(bool on) override;
   void set_training(bool training) override;
+  // Inference: conv(x) + b, then max(., 0) when relu; no tape (Winograd when packed and
+  // paying).
+  Tensor infer(const Tensor& x, bool relu);
+  // Inference only: forward also applies the ReLU that follows this layer (the model then
+  // skips that ReLU); a forward with a tape throws.
+  void set_fused_relu(bool on) { fused_relu_ = on; }
+  bool fused_relu() const { return fused_relu_; }
   const Conv2dSpec& spec() const { return spec_; }
   Parameter weight, bias;
   bool has_bias() const { return has_bias_; }
@@ -90,6 +97,7 @@ class Conv2d : public Module {
   Conv2dSpec spec_;
   bool has_bias_;
   bool packed_ = false;
+  bool fused_relu_ = false;
   std::mutex pack_mutex_;  // guards the lazy transform (forwards may run concurrently)
   std::shared_ptr<const WinogradFilter> winograd_, winograd_t_;
 };
@@ -121,12 +129,16 @@ class BatchNorm2d : public Module {
 
 class ReLU : public Module {
  public:
-  Var forward(Tape* tape, const Var& x) override { return relu(tape, x); }
-  Var forward_pre_relu(Tape* tape, const Var& x, Var* pre_relu) override {
-    *pre_relu = x;
-    return relu(tape, x);
-  }
+  Var forward(Tape* tape, const Var& x) override;
+  Var forward_pre_relu(Tape* tape, const Var& x, Var* pre_relu) override;
   double flops(const Shape& in) const override { return double(shape_numel(in)); }
+  // Inference only: the layer before already applied this ReLU, so forward passes its
+  // input through (and throws with a tape).
+  void set_fused(bool on) { fused_ = on; }
+  bool fused() const { return fused_; }
+
+ private:
+  bool fused_ = false;
 };
 
 class MaxPool2d : public Module {

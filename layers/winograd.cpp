@@ -117,8 +117,10 @@ bool winograd_pays(const Shape& x, const Conv2dSpec& s) {
   const WinogradMode mode = winograd_mode();
   if (mode == WinogradMode::Off || !winograd_applies(s) || x.size() != 4) return false;
   if (mode == WinogradMode::On) return true;
+  // Decided per image, never by the batch size, so an image's result does not depend on
+  // the batch it came in (sharded analyses merge to exactly the single run).
   const Shape o = conv2d_out_shape(x, s);
-  const int64_t tiles = o[0] * ((o[2] + 3) / 4) * ((o[3] + 3) / 4);
+  const int64_t tiles = ((o[2] + 3) / 4) * ((o[3] + 3) / 4);
   return s.in_channels >= 16 && s.out_channels >= 16 && tiles >= 16;
 }
 

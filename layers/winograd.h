@@ -30,7 +30,8 @@ WinogradMode parse_winograd_mode(const std::string& text, const std::string& wha
 // True when Winograd F(4x4, 3x3) can compute s: 3x3 kernel, stride 1, dilation 1, one group.
 bool winograd_applies(const Conv2dSpec& s);
 // Whether a packed layer should use Winograd for input shape x under the current mode
-// (Auto: enough channels and enough tiles that the 36 GEMMs outrun the direct one).
+// (Auto: enough channels, and enough tiles per image that the 36 GEMMs outrun the direct
+// one; never decided by the batch size, so a batch's images get the bits they get alone).
 bool winograd_pays(const Shape& x, const Conv2dSpec& s);
 // Transforms w [Cout, Cin, 3, 3] to the Winograd domain (in double, rounded once).
 WinogradFilter winograd_filter(const Tensor& w);

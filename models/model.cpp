@@ -170,6 +170,23 @@ void Model::fold_batchnorm() {
       stages_[i].hidden = true;
     }
   }
+  // A convolution followed (through folded BatchNorms) by a ReLU applies it itself; the
+  // stages in between would show post-ReLU values, so they are no longer observable.
+  for (size_t i = 0; i < stages_.size(); ++i) {
+    auto* conv = dynamic_cast<Conv2d*>(stages_[i].module.get());
+    if (!conv) continue;
+    size_t j = i + 1;
+    while (j < stages_.size()) {
+      auto* bn = dynamic_cast<BatchNorm2d*>(stages_[j].module.get());
+      if (!bn || !bn->folded()) break;
+      ++j;
+    }
+    auto* relu = j < stages_.size() ? dynamic_cast<ReLU*>(stages_[j].module.get()) : nullptr;
+    if (!relu) continue;
+    conv->set_fused_relu(true);
+    relu->set_fused(true);
+    for (size_t k = i; k < j; ++k) stages_[k].hidden = true;
+  }
   folded_ = true;
 }
 

@@ -84,8 +84,10 @@ class Model {
   void load(const std::string& path);
   // Saves weights as float32 safetensors with torchvision names (atomically).
   void save(const std::string& path);
-  // Folds every eval-mode BatchNorm into the convolution before it (inference only;
-  // the folded convolutions' own outputs are then no longer cut points).
+  // Folds every eval-mode BatchNorm into the convolution before it and fuses a ReLU that
+  // follows into the convolution (inference only: a forward with a tape then throws; the
+  // outputs of folded convolutions and of BatchNorms before a fused ReLU are then no
+  // longer cut points).
   void fold_batchnorm();
   // True after fold_batchnorm().
   bool folded() const { return folded_; }

@@ -35,6 +35,14 @@ class Bottleneck : public Module {
   }
 
   Var forward_pre_relu(Tape* tape, const Var& x, Var* pre_relu) override {
+    if (!tape && folded_) {
+      // Inference on folded BatchNorms: ReLUs fused into conv1 and conv2, the residual
+      // add and the last ReLU in one pass over conv3's output.
+      *pre_relu = Var();
+      Tensor out = conv3_.infer(conv2_.infer(conv1_.infer(x.value, true), true), false);
+      add_relu_inplace(out, ds_conv_ ? ds_conv_->infer(x.value, false) : x.value);
+      return Var{out};
+    }
     Var out = relu(tape, bn1_.forward(tape, conv1_.forward(tape, x)));
     out = relu(tape, bn2_.forward(tape, conv2_.forward(tape, out)));
     out = bn3_.forward(tape, conv3_.forward(tape, out));
@@ -83,6 +91,7 @@ class Bottleneck : public Module {
     fold_conv_bn(conv2_, bn2_);
     fold_conv_bn(conv3_, bn3_);
     if (ds_conv_) fold_conv_bn(*ds_conv_, *ds_bn_);
+    folded_ = true;
   }
 
  private:
@@ -102,6 +111,7 @@ class Bottleneck : public Module {
   BatchNorm2d bn3_;
   std::unique_ptr<Conv2d> ds_conv_;
   std::unique_ptr<BatchNorm2d> ds_bn_;
+  bool folded_ = false;  // BatchNorms folded: inference takes the fused path
 };
 
 class ResNet50 : public Model {

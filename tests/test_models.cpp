@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <random>
 
 #include "engine/parallel.h"
@@ -216,9 +217,33 @@ TEST_SUITE("models") {
     CHECK(m->folded());
     CHECK(max_rel(m->predict(x), ref) < 1e-4);
     CHECK_FALSE(m->has_cut_point("conv1"));  // folded into bn1: no longer observable
-    CHECK(m->has_cut_point("bn1"));
+    CHECK_FALSE(m->has_cut_point("bn1"));    // the ReLU after it is fused into conv1
+    CHECK(m->has_cut_point("relu"));
+    CHECK(m->has_cut_point("layer1.0"));
+    Tape tape = Tape::activations_only();
+    CHECK_THROWS_AS(m->forward(&tape, tape.input(x)), Error);  // fused: inference only
     m->set_training(true);
     CHECK_THROWS_AS(m->predict(x), Error);
+  }
+
+  TEST_CASE("folded VGG16: ReLUs fused into the convolutions, same outputs and cut values") {
+    auto m = build_model("vgg16", 10, 5);
+    Tensor x = random_tensor({1, 3, 64, 64}, 6);
+    std::map<std::string, Tensor> before;
+    Tensor ref = m->forward(nullptr, Var{x}, [&](const std::string& n, const Var& v) {
+      before[n] = v.value;
+    }).value;
+    m->fold_batchnorm();
+    m->pack_for_inference();
+    CHECK_FALSE(m->has_cut_point("features.0"));  // its ReLU is fused into it
+    CHECK(m->has_cut_point("features.1"));
+    int seen = 0;
+    Tensor out = m->forward(nullptr, Var{x}, [&](const std::string& n, const Var& v) {
+      CHECK_MESSAGE(max_rel(v.value, before.at(n)) < 1e-4, n);
+      ++seen;
+    }).value;
+    CHECK(seen == static_cast<int>(m->cut_points(true).size()));
+    CHECK(max_rel(out, ref) < 1e-4);
   }
 
   TEST_CASE("results do not depend on the thread count") {
