@@ -83,6 +83,10 @@ int run_bench(const BenchArgs& a) {
     }
   };
   for (int i = 0; i < a.warmup; ++i) pass();
+  // Tensor memory: what stays between passes (weights, packed filters, optimizer state)
+  // and the high-water mark during the timed passes.
+  const size_t resident = tensor_live_bytes();
+  reset_tensor_peak_bytes();
   std::vector<double> ms;
   for (int i = 0; i < a.iters; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -94,6 +98,7 @@ int run_bench(const BenchArgs& a) {
   const size_t n = sorted.size();
   const double median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
   const long long peak = peak_rss_bytes();
+  const size_t tensor_peak = tensor_peak_bytes();
   if (a.json) {
     nlohmann::ordered_json j;
     j["model"] = a.model;
@@ -110,15 +115,19 @@ int run_bench(const BenchArgs& a) {
     j["images_per_s"] = median > 0 ? 1000.0 * B / median : 0.0;
     j["peak_rss_bytes"] = peak;
     j["weights_bytes"] = weights;
+    j["tensor_resident_bytes"] = resident;
+    j["tensor_peak_bytes"] = tensor_peak;
     j["times_ms"] = ms;
     std::cout << j.dump() << "\n";
     return 0;
   }
   std::printf("%s %s %dx%d batch %d, %d threads (%s): median %.2f ms, min %.2f, max %.2f, %.1f images/s; "
-              "peak RSS %.1f MB (weights %.1f MB)\n",
+              "peak RSS %.1f MB (weights %.1f MB); tensors %.1f MB between passes, peak %.1f MB "
+              "(+%.1f MB during a pass)\n",
               a.model.c_str(), a.mode.c_str(), a.input_size, a.input_size, a.batch, num_threads(),
               isa_name(active_isa()).c_str(), median, sorted.front(), sorted.back(),
-              median > 0 ? 1000.0 * B / median : 0.0, peak / 1e6, weights / 1e6);
+              median > 0 ? 1000.0 * B / median : 0.0, peak / 1e6, weights / 1e6, resident / 1e6,
+              tensor_peak / 1e6, (static_cast<double>(tensor_peak) - resident) / 1e6);
   return 0;
 }
 
