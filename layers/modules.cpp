@@ -136,13 +136,10 @@ Var Conv2d::forward(Tape* tape, const Var& x) {
     if (tape) throw Error("Conv2d: its ReLU is fused for inference; cannot record a backward");
     return Var{infer(x.value, true)};
   }
-  const Tensor* b = has_bias_ ? &bias.value : nullptr;
-  const WinogradFilter* wf = nullptr;
-  if (packed_ && !training_ && !(tape && tape->wants(weight)) &&
-      winograd_pays(x.value.shape(), spec_))
-    wf = winograd_filter_cached(false);
-  Tensor y = wf ? conv2d_forward_winograd(x.value, *wf, b, spec_)
-                : conv2d_forward(x.value, weight.value, b, spec_);
+  // A weight gradient needs the direct path's exact forward; otherwise infer() picks.
+  Tensor y = tape && tape->wants(weight)
+                 ? conv2d_forward(x.value, weight.value, has_bias_ ? &bias.value : nullptr, spec_)
+                 : infer(x.value, false);
   if (!tape) return Var{y};
   const bool want_w = tape->wants(weight);
   const bool want_b = has_bias_ && tape->wants(bias);
