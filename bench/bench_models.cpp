@@ -33,6 +33,7 @@ void BM_ModelForward(benchmark::State& state, const char* arch) {
   const int64_t size = state.range(0);
   auto model = build_model(arch, 1000, 1);
   model->fold_batchnorm();
+  model->pack_for_inference();  // as predict/eval/bench run it: Winograd, prepacked GEMM
   const Tensor x = random_input(size);
   for (auto _ : state) benchmark::DoNotOptimize(model->predict(x).data());
   report(state, *model, size);
@@ -41,6 +42,7 @@ void BM_ModelForward(benchmark::State& state, const char* arch) {
 void BM_ModelImportance(benchmark::State& state, const char* arch) {
   const int64_t size = state.range(0);
   auto model = build_model(arch, 1000, 1);
+  model->pack_for_inference();  // as `isplit analyze` runs it
   const Tensor x = random_input(size);
   for (auto _ : state) {
     Tape tape = Tape::activations_only();

@@ -1,6 +1,11 @@
 #include "engine/gemm.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+#include "engine/gemm_prepacked.h"
 
 #include "engine/parallel.h"
 #include "engine/tensor.h"
@@ -66,6 +71,176 @@ void gemm(const GemmArgs& g) {
       gemm_single(isa, s);
     }
   });
+}
+
+// ------------------------------------------------------------------ prepacked left operand
+
+namespace {
+std::atomic<bool>& prepack_slot() {
+  static std::atomic<bool> slot{[] {
+    const char* env = std::getenv("ISPLIT_PREPACK");
+    if (!env || !*env || std::string(env) == "1" || std::string(env) == "on") return true;
+    if (std::string(env) == "0" || std::string(env) == "off") return false;
+    throw Error("ISPLIT_PREPACK: expected 0, 1, on or off, got '" + std::string(env) + "'");
+  }()};
+  return slot;
+}
+}  // namespace
+
+bool gemm_prepack_enabled() { return prepack_slot().load(); }
+
+void set_gemm_prepack(bool on) { prepack_slot().store(on); }
+
+const PrepackKernels* prepack_kernels(Isa isa) {
+  switch (isa) {
+#if defined(ISPLIT_HAVE_X86_KERNELS)
+    case Isa::Avx512: return prepack_kernels_avx512();
+    case Isa::Avx2: return prepack_kernels_avx2();
+#endif
+#if defined(ISPLIT_HAVE_NEON_KERNELS)
+    case Isa::Neon: return prepack_kernels_neon();
+#endif
+    default: return nullptr;
+  }
+}
+
+PackedMatrix::PackedMatrix(bool trans, int64_t m, int64_t k, const float* a, int64_t lda)
+    : trans_(trans), m_(m), k_(k), a_(a), lda_(lda), isa_(active_isa()) {
+  if (m < 0 || k < 0 || (m > 0 && k > 0 && !a))
+    throw Error("PackedMatrix: invalid operand " + std::to_string(m) + "x" + std::to_string(k));
+}
+
+std::unique_ptr<PackedMatrix> PackedMatrix::pack_owned(bool trans, int64_t m, int64_t k,
+                                                       const float* a, int64_t lda) {
+  std::unique_ptr<PackedMatrix> p(new PackedMatrix(trans, m, k, a, lda));
+  p->owned_ = true;
+  if (prepack_kernels(p->isa_)) {
+    (void)p->layout(false);
+  } else {
+    // No packed kernels: a plain row-major copy of op(A) for the generic GEMM.
+    Tensor plain = Tensor::empty({std::max<int64_t>(1, m * k)});
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t q = 0; q < k; ++q) plain[i * k + q] = trans ? a[q * lda + i] : a[i * lda + q];
+    p->data_[0] = std::move(plain);
+    p->trans_ = false;
+    p->lda_ = std::max<int64_t>(1, k);
+  }
+  p->a_ = nullptr;
+  return p;
+}
+
+int64_t PackedMatrix::packed_bytes() const {
+  return (data_[0].numel() + data_[1].numel()) * static_cast<int64_t>(sizeof(float));
+}
+
+const float* PackedMatrix::layout(bool lanes_m) const {
+  const PrepackKernels* kern = prepack_kernels(isa_);
+  std::call_once(once_[lanes_m ? 1 : 0], [&] {
+    Tensor t = Tensor::zeros({kern->floats(lanes_m, m_, k_)});
+    kern->pack(lanes_m, trans_, a_, lda_, m_, k_, t.data());
+    data_[lanes_m ? 1 : 0] = std::move(t);
+  });
+  return data_[lanes_m ? 1 : 0].data();
+}
+
+namespace {
+// The epilogue on rows [r0, r1) of C.
+void epilogue_rows(const GemmEpilogue& e, int64_t r0, int64_t r1, int64_t n, float* c,
+                   int64_t ldc) {
+  for (int64_t i = r0; i < r1; ++i) {
+    float* row = c + i * ldc;
+    if (e.row_bias) {
+      const float bv = e.row_bias[i];
+      for (int64_t j = 0; j < n; ++j) row[j] = row[j] + bv;
+    }
+    if (e.relu)
+      for (int64_t j = 0; j < n; ++j) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
+  }
+}
+
+// The epilogue on the calling thread.
+void gemm_pack_epilogue(const GemmEpilogue& e, int64_t m, int64_t n, float* c, int64_t ldc) {
+  if (e.row_bias || e.relu) epilogue_rows(e, 0, m, n, c, ldc);
+}
+}  // namespace
+
+void apply_epilogue(const GemmEpilogue& e, int64_t m, int64_t n, float* c, int64_t ldc) {
+  if (!e.row_bias && !e.relu) return;
+  parallel_for(m, [&](int64_t r0, int64_t r1) { epilogue_rows(e, r0, r1, n, c, ldc); });
+}
+
+void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const float* b,
+                        int64_t ldb, float beta, float* c, int64_t ldc,
+                        const GemmEpilogue& epilogue, bool threaded) {
+  const int64_t m = a.m_, k = a.k_;
+  if (m <= 0 || n <= 0) return;
+  const Isa isa = active_isa();
+  if (a.owned_ && isa != a.isa_)
+    throw Error("gemm_prepacked: matrix packed for " + isa_name(a.isa_) + " kernels, active ISA is " +
+                isa_name(isa));
+  const PrepackKernels* kern = prepack_kernels(isa);
+  if (!kern || isa != a.isa_) {
+    // No layout for this ISA (scalar kernels, or the ISA was switched since packing).
+    const float* src = a.owned_ ? a.data_[0].data() : a.a_;
+    const GemmArgs g{a.trans_, trans_b, m, n, k, src, a.lda_, b, ldb, beta, c, ldc};
+    if (threaded) {
+      gemm(g);
+      apply_epilogue(epilogue, m, n, c, ldc);
+    } else {
+      gemm_single(isa, g);
+      gemm_pack_epilogue(epilogue, m, n, c, ldc);
+    }
+    return;
+  }
+  // The orientation rule of gemm_packed(): lanes along M when N wastes more lanes (never
+  // for an owned matrix, which has only the other layout).
+  auto efficiency = [&](int64_t d) {
+    return static_cast<double>(d) / static_cast<double>((d + kern->vl - 1) / kern->vl * kern->vl);
+  };
+  const bool lanes_m = !a.owned_ && kern->lanes_m_ok && efficiency(m) > efficiency(n) + 0.08 &&
+                       n < 4 * kern->nr;
+  PrepackedJob job{lanes_m, a.layout(lanes_m), m, k, 0, m, 0, n, trans_b, b, ldb, beta, c, ldc,
+                   epilogue};
+  const int threads = threaded ? num_threads() : 1;
+  if (threads <= 1 || 2.0 * m * n * k < 2e5) {
+    kern->run(job);
+    return;
+  }
+  // Threads take whole row units of the layout (tiles or panels), or column ranges in
+  // multiples of NR when C is wider than tall; the sums never depend on the cut.
+  const int64_t row_unit = lanes_m ? kern->nr : kern->mr;
+  const bool split_cols = !lanes_m && n >= m;
+  const int64_t unit = split_cols ? kern->nr : row_unit;
+  const int64_t len = split_cols ? n : m;
+  const int64_t units = (len + unit - 1) / unit;
+  const int64_t parts = std::min<int64_t>(units, threads);
+  parallel_for(parts, [&](int64_t pb, int64_t pe) {
+    for (int64_t p = pb; p < pe; ++p) {
+      const int64_t s0 = std::min(len, units * p / parts * unit);
+      const int64_t s1 = std::min(len, units * (p + 1) / parts * unit);
+      if (s0 >= s1) continue;
+      PrepackedJob part = job;
+      if (split_cols) {
+        part.n0 = s0;
+        part.n1 = s1;
+      } else {
+        part.r0 = s0;
+        part.r1 = s1;
+      }
+      kern->run(part);
+    }
+  });
+}
+
+void gemm_prepacked(const PackedMatrix& a, bool trans_b, int64_t n, const float* b, int64_t ldb,
+                    float beta, float* c, int64_t ldc, const GemmEpilogue& epilogue) {
+  run_prepacked_gemm(a, trans_b, n, b, ldb, beta, c, ldc, epilogue, true);
+}
+
+void gemm_prepacked_single(const PackedMatrix& a, bool trans_b, int64_t n, const float* b,
+                           int64_t ldb, float beta, float* c, int64_t ldc,
+                           const GemmEpilogue& epilogue) {
+  run_prepacked_gemm(a, trans_b, n, b, ldb, beta, c, ldc, epilogue, false);
 }
 
 }  // namespace isplit

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "engine/gemm.h"
+#include "engine/gemm_prepacked.h"
 #include "engine/kernels/eltwise.h"
 #include "engine/parallel.h"
 
@@ -20,38 +21,42 @@ void require4(const Tensor& x, const char* op) {
 
 // Copies the receptive fields of output rows [y0, y1) of one image and one group into
 // col [K, (y1-y0)*OW], K = (Cin/g) * kh * kw; out-of-image taps are zero.
+// Writes output row y of tap (i, j) of one channel xc [h, w] into drow [ow]; taps outside
+// the image are zero.
+inline void im2col_row(const float* xc, int64_t h, int64_t w, int64_t y, int64_t i, int64_t j,
+                       int64_t ow, const Conv2dSpec& s, float* drow) {
+  const int64_t iy = y * s.stride_h - s.pad_h + i * s.dil_h;
+  if (iy < 0 || iy >= h) {
+    std::fill(drow, drow + ow, 0.0f);
+    return;
+  }
+  const float* xrow = xc + iy * w;
+  const int64_t off = j * s.dil_w - s.pad_w;
+  if (s.stride_w == 1) {
+    // Contiguous run: zero the edges, copy the middle.
+    const int64_t lo = std::clamp<int64_t>(-off, 0, ow);
+    const int64_t hi = std::clamp<int64_t>(w - off, lo, ow);
+    std::fill(drow, drow + lo, 0.0f);
+    std::copy(xrow + lo + off, xrow + hi + off, drow + lo);
+    std::fill(drow + hi, drow + ow, 0.0f);
+  } else {
+    for (int64_t x0 = 0; x0 < ow; ++x0) {
+      const int64_t ix = x0 * s.stride_w + off;
+      drow[x0] = (ix >= 0 && ix < w) ? xrow[ix] : 0.0f;
+    }
+  }
+}
+
 void im2col_rows(const float* x, int64_t channels, int64_t h, int64_t w, int64_t y0, int64_t y1,
                  int64_t ow, const Conv2dSpec& s, float* col) {
   const int64_t taps = s.kh * s.kw, rows = y1 - y0;
   parallel_for(channels * taps, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const int64_t c = r / taps, t = r % taps;
-      const int64_t i = t / s.kw, j = t % s.kw;
       const float* xc = x + c * h * w;
       float* dst = col + r * rows * ow;
-      for (int64_t y = y0; y < y1; ++y) {
-        const int64_t iy = y * s.stride_h - s.pad_h + i * s.dil_h;
-        float* drow = dst + (y - y0) * ow;
-        if (iy < 0 || iy >= h) {
-          std::fill(drow, drow + ow, 0.0f);
-          continue;
-        }
-        const float* xrow = xc + iy * w;
-        const int64_t off = j * s.dil_w - s.pad_w;
-        if (s.stride_w == 1) {
-          // Contiguous run: zero the edges, copy the middle.
-          const int64_t lo = std::clamp<int64_t>(-off, 0, ow);
-          const int64_t hi = std::clamp<int64_t>(w - off, lo, ow);
-          std::fill(drow, drow + lo, 0.0f);
-          std::copy(xrow + lo + off, xrow + hi + off, drow + lo);
-          std::fill(drow + hi, drow + ow, 0.0f);
-        } else {
-          for (int64_t x0 = 0; x0 < ow; ++x0) {
-            const int64_t ix = x0 * s.stride_w + off;
-            drow[x0] = (ix >= 0 && ix < w) ? xrow[ix] : 0.0f;
-          }
-        }
-      }
+      for (int64_t y = y0; y < y1; ++y)
+        im2col_row(xc, h, w, y, t / s.kw, t % s.kw, ow, s, dst + (y - y0) * ow);
     }
   });
 }
@@ -147,14 +152,7 @@ void columns_batch(const Tensor& x, int64_t img0, int64_t nb, int64_t oh, int64_
           std::copy(xc, xc + hw, dst);
           continue;
         }
-        for (int64_t y = 0; y < oh; ++y) {
-          const int64_t iy = y * s.stride_h - s.pad_h + i * s.dil_h;
-          float* drow = dst + y * ow;
-          for (int64_t x0 = 0; x0 < ow; ++x0) {
-            const int64_t ix = x0 * s.stride_w - s.pad_w + j * s.dil_w;
-            drow[x0] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? xc[iy * w + ix] : 0.0f;
-          }
-        }
+        for (int64_t y = 0; y < oh; ++y) im2col_row(xc, h, w, y, i, j, ow, s, dst + y * ow);
       }
     }
   });
@@ -185,8 +183,10 @@ void scatter_images(const float* m, int64_t img0, int64_t nb, const Tensor* bias
         float* dst = t.data() + ((img0 + im) * c + ch) * hw;
         if (accumulate)
           for (int64_t i = 0; i < hw; ++i) dst[i] += src[i];
-        else
+        else if (bias)
           for (int64_t i = 0; i < hw; ++i) dst[i] = src[i] + bv;
+        else
+          std::copy(src, src + hw, dst);
       }
     }
   });
@@ -295,6 +295,59 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* b, const C
   return y;
 }
 
+Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tensor* b,
+                             const Conv2dSpec& s, bool relu) {
+  require4(x, "conv2d");
+  if (s.groups != 1) throw Error("conv2d_forward_packed: grouped convolutions are not packed");
+  if (x.dim(1) != s.in_channels)
+    throw Error("conv2d: input has " + std::to_string(x.dim(1)) + " channels, expected " +
+                std::to_string(s.in_channels));
+  const int64_t k = s.in_channels * s.kh * s.kw;
+  if (w.m() != s.out_channels || w.k() != k)
+    throw Error("conv2d_forward_packed: packed weights are " + std::to_string(w.m()) + "x" +
+                std::to_string(w.k()) + ", the layer needs " + std::to_string(s.out_channels) +
+                "x" + std::to_string(k));
+  if (b) check_shape(*b, {s.out_channels}, "conv2d bias");
+  const Shape os = conv2d_out_shape(x.shape(), s);
+  Tensor y = Tensor::empty(os);
+  const int64_t n = x.dim(0), h = x.dim(2), wd = x.dim(3), oh = os[2], ow = os[3], hw = oh * ow;
+  const bool direct = is_pointwise(s);
+  GemmEpilogue ep;
+  ep.row_bias = b ? b->data() : nullptr;
+  ep.relu = relu;
+  const int64_t nb = images_per_chunk(n, hw, 1);
+  if (nb > 0) {
+    // Small maps: as conv2d_forward, images side by side; a single image's [Cout, hw]
+    // block is the output itself, and a pointwise layer reads its input in place.
+    Tensor cols = Tensor::empty({n == 1 && direct ? 0 : k * nb * hw});
+    Tensor out = Tensor::empty({n == 1 ? 0 : s.out_channels * nb * hw});
+    for (int64_t img0 = 0; img0 < n; img0 += nb) {
+      const int64_t m = std::min(nb, n - img0);
+      const float* bmat = x.data();
+      if (!(n == 1 && direct)) {
+        columns_batch(x, img0, m, oh, ow, s, direct, cols.data());
+        bmat = cols.data();
+      }
+      float* c = n == 1 ? y.data() : out.data();
+      gemm_prepacked(w, false, m * hw, bmat, m * hw, 0.0f, c, m * hw, ep);
+      if (n != 1) scatter_images(out.data(), img0, m, nullptr, /*accumulate=*/false, y);
+    }
+    return y;
+  }
+  const int64_t band = direct ? oh : band_rows(k, oh, ow);
+  Tensor col = Tensor::empty({direct ? 0 : k * band * ow});
+  for (int64_t img = 0; img < n; ++img) {
+    const float* xi = x.data() + img * s.in_channels * h * wd;
+    float* yi = y.data() + img * s.out_channels * hw;
+    for (int64_t y0 = 0; y0 < oh; y0 += band) {
+      const int64_t y1 = std::min(oh, y0 + band), cols = (y1 - y0) * ow;
+      if (!direct) im2col_rows(xi, s.in_channels, h, wd, y0, y1, ow, s, col.data());
+      gemm_prepacked(w, false, cols, direct ? xi : col.data(), cols, 0.0f, yi + y0 * ow, hw, ep);
+    }
+  }
+  return y;
+}
+
 Tensor conv2d_forward_naive(const Tensor& x, const Tensor& w, const Tensor* b,
                             const Conv2dSpec& s) {
   check_conv(x, w, b, s);
@@ -360,6 +413,53 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s
         col2im_add(col.data(), cin_g, h, wd, oh, ow, s, gxg);
       }
     }
+}
+
+void conv2d_backward_data_packed(const Tensor& gy, const PackedMatrix& wt, const Conv2dSpec& s,
+                                 Tensor& gx) {
+  require4(gx, "conv2d backward");
+  if (s.groups != 1) throw Error("conv2d_backward_data_packed: grouped convolutions are not packed");
+  const int64_t n = gx.dim(0), h = gx.dim(2), wd = gx.dim(3);
+  const Shape os = conv2d_out_shape(gx.shape(), s);
+  check_shape(gy, os, "conv2d output gradient");
+  const int64_t oh = os[2], ow = os[3], hw = oh * ow;
+  const int64_t k = s.in_channels * s.kh * s.kw;
+  if (wt.m() != k || wt.k() != s.out_channels)
+    throw Error("conv2d_backward_data_packed: packed weights are " + std::to_string(wt.m()) + "x" +
+                std::to_string(wt.k()) + ", the layer needs " + std::to_string(k) + "x" +
+                std::to_string(s.out_channels));
+  const bool direct = is_pointwise(s);
+  const int64_t nb = images_per_chunk(n, hw, 1);
+  if (nb > 0) {
+    // As conv2d_backward_data; a single image's gradient rows are gy itself.
+    Tensor gys = Tensor::empty({n == 1 ? 0 : s.out_channels * nb * hw});
+    Tensor gcol = Tensor::empty({k * nb * hw});
+    for (int64_t img0 = 0; img0 < n; img0 += nb) {
+      const int64_t m = std::min(nb, n - img0);
+      const float* bmat = gy.data();
+      if (n != 1) {
+        gather_images(gy, img0, m, gys.data());
+        bmat = gys.data();
+      }
+      gemm_prepacked(wt, false, m * hw, bmat, m * hw, 0.0f, gcol.data(), m * hw);
+      if (direct)
+        scatter_images(gcol.data(), img0, m, nullptr, /*accumulate=*/true, gx);
+      else
+        col2im_add_batch(gcol.data(), img0, m, oh, ow, s, gx);
+    }
+    return;
+  }
+  Tensor col = Tensor::empty({direct ? 0 : k * hw});
+  for (int64_t img = 0; img < n; ++img) {
+    const float* gyi = gy.data() + img * s.out_channels * hw;
+    float* gxi = gx.data() + img * s.in_channels * h * wd;
+    if (direct) {
+      gemm_prepacked(wt, false, hw, gyi, hw, 1.0f, gxi, hw);
+    } else {
+      gemm_prepacked(wt, false, hw, gyi, hw, 0.0f, col.data(), hw);
+      col2im_add(col.data(), s.in_channels, h, wd, oh, ow, s, gxi);
+    }
+  }
 }
 
 void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dSpec& s, Tensor* gw,

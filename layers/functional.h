@@ -11,6 +11,8 @@
 
 namespace isplit {
 
+class PackedMatrix;
+
 // ------------------------------------------------------------------ convolution
 struct Conv2dSpec {
   int64_t in_channels = 0, out_channels = 0;
@@ -25,10 +27,19 @@ Shape conv2d_out_shape(const Shape& x, const Conv2dSpec& s);
 // y = conv(x, w) + b; x [N,Cin,H,W], w [Cout,Cin/g,kh,kw], b [Cout] or null.
 Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* b, const Conv2dSpec& s);
 // Direct-loop convolution used as the oracle in tests (slow).
+// conv2d_forward with the weights prepacked as op(A) = W [Cout, Cin*kh*kw] (groups 1),
+// bias and an optional ReLU applied as each output tile is finished; same bits as
+// conv2d_forward followed by relu_inplace.
+Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tensor* b,
+                             const Conv2dSpec& s, bool relu);
 Tensor conv2d_forward_naive(const Tensor& x, const Tensor& w, const Tensor* b,
                             const Conv2dSpec& s);
 // gx += dL/dx.
 void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s, Tensor& gx);
+// conv2d_backward_data with the weights prepacked as op(A) = W^T [Cin*kh*kw, Cout]
+// (PackedMatrix(true, K, Cout, w, K); groups 1): the same bits.
+void conv2d_backward_data_packed(const Tensor& gy, const PackedMatrix& wt, const Conv2dSpec& s,
+                                 Tensor& gx);
 // gw += dL/dw and, when gb is given, gb += dL/db.
 void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dSpec& s, Tensor* gw,
                             Tensor* gb);

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "engine/gemm_prepacked.h"
 #include "engine/parallel.h"
 
 namespace isplit {
@@ -101,9 +102,11 @@ void Conv2d::named_parameters(const std::string& prefix, NamedParams& out) {
 
 void Conv2d::pack_for_inference(bool on) {
   std::lock_guard<std::mutex> lock(pack_mutex_);
-  packed_ = on && winograd_applies(spec_);
+  packed_ = on;
   winograd_.reset();
   winograd_t_.reset();
+  gemm_.reset();
+  gemm_t_.reset();
 }
 
 void Conv2d::set_training(bool training) {
@@ -113,11 +116,23 @@ void Conv2d::set_training(bool training) {
 
 const WinogradFilter* Conv2d::winograd_filter_cached(bool transposed) {
   std::lock_guard<std::mutex> lock(pack_mutex_);
-  if (!packed_) return nullptr;
+  if (!packed_ || !winograd_applies(spec_)) return nullptr;
   auto& slot = transposed ? winograd_t_ : winograd_;
-  if (!slot)
+  if (!slot || slot->isa != active_isa())  // packed for the kernels of one ISA
     slot = std::make_shared<const WinogradFilter>(transposed ? winograd_filter_transposed(weight.value)
                                                              : winograd_filter(weight.value));
+  return slot.get();
+}
+
+const PackedMatrix* Conv2d::gemm_weights_cached(bool transposed) {
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  if (!packed_ || spec_.groups != 1 || !gemm_prepack_enabled()) return nullptr;
+  const int64_t cout = spec_.out_channels, k = weight.value.numel() / cout;
+  auto& slot = transposed ? gemm_t_ : gemm_;
+  if (!slot)
+    slot = transposed
+               ? std::make_shared<const PackedMatrix>(true, k, cout, weight.value.data(), k)
+               : std::make_shared<const PackedMatrix>(false, cout, k, weight.value.data(), k);
   return slot.get();
 }
 
@@ -126,6 +141,8 @@ Tensor Conv2d::infer(const Tensor& x, bool relu) {
   const WinogradFilter* wf = nullptr;
   if (packed_ && !training_ && winograd_pays(x.shape(), spec_)) wf = winograd_filter_cached(false);
   if (wf) return conv2d_forward_winograd(x, *wf, b, spec_, relu);
+  const PackedMatrix* pw = packed_ && !training_ ? gemm_weights_cached(false) : nullptr;
+  if (pw) return conv2d_forward_packed(x, *pw, b, spec_, relu);
   Tensor y = conv2d_forward(x, weight.value, b, spec_);
   if (relu) relu_inplace(y);
   return y;
@@ -151,8 +168,12 @@ Var Conv2d::forward(Tape* tape, const Var& x) {
           const WinogradFilter* wt = nullptr;
           if (packed_ && !training_ && !want_w && winograd_backward_pays(gy.shape(), spec_))
             wt = winograd_filter_cached(true);
+          const PackedMatrix* pt =
+              !wt && packed_ && !training_ && !want_w ? gemm_weights_cached(true) : nullptr;
           if (wt)
             conv2d_backward_data_winograd(gy, *wt, spec_, *gin[0]);
+          else if (pt)
+            conv2d_backward_data_packed(gy, *pt, spec_, *gin[0]);
           else
             conv2d_backward_data(gy, weight.value, spec_, *gin[0]);
         }
@@ -175,8 +196,10 @@ void Conv2d::fold_scale_shift(const std::vector<float>& scale, const std::vector
   }
   for (int64_t c = 0; c < out; ++c) bias.value[c] = bias.value[c] * scale[c] + shift[c];
   std::lock_guard<std::mutex> lock(pack_mutex_);
-  winograd_.reset();  // transformed again from the new weights on next use
+  winograd_.reset();  // transformed (and packed) again from the new weights on next use
   winograd_t_.reset();
+  gemm_.reset();
+  gemm_t_.reset();
 }
 
 // ------------------------------------------------------------------ ReLU

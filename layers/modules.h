@@ -75,12 +75,13 @@ class Conv2d : public Module {
   void fold_scale_shift(const std::vector<float>& scale, const std::vector<float>& shift);
   // While on, a forward in evaluation mode that needs no weight gradient may run Winograd
   // (layers/winograd.h) on filters transformed on first use and kept, and so may its
-  // backward's data gradient (the importance pass); a change of weights through
-  // fold_scale_shift re-transforms them, training mode or on = false drops them.
+  // backward's data gradient (the importance pass), and the other forwards use weights
+  // packed once for the GEMM kernels (as much memory again as the weights); a change of
+  // weights through fold_scale_shift re-packs them, training mode or on = false drops them.
   void pack_for_inference(bool on) override;
   void set_training(bool training) override;
-  // Inference: conv(x) + b, then max(., 0) when relu; no tape (Winograd when packed and
-  // paying).
+  // Inference: conv(x) + b, then max(., 0) when relu; no tape (when packed: Winograd
+  // where it pays, else the prepacked GEMM with bias and ReLU in its epilogue).
   Tensor infer(const Tensor& x, bool relu);
   // Inference only: forward also applies the ReLU that follows this layer (the model then
   // skips that ReLU); a forward with a tape throws.
@@ -94,12 +95,16 @@ class Conv2d : public Module {
   // The Winograd filters of the forward (or, transposed, of the data gradient),
   // transformed on first use; null when the layer is not packed.
   const WinogradFilter* winograd_filter_cached(bool transposed);
+  // The weights packed for the GEMM kernels (groups 1), W or with transposed W^T (the
+  // data gradient), made on first use; null when the layer is not packed.
+  const PackedMatrix* gemm_weights_cached(bool transposed);
   Conv2dSpec spec_;
   bool has_bias_;
   bool packed_ = false;
   bool fused_relu_ = false;
   std::mutex pack_mutex_;  // guards the lazy transform (forwards may run concurrently)
   std::shared_ptr<const WinogradFilter> winograd_, winograd_t_;
+  std::shared_ptr<const PackedMatrix> gemm_, gemm_t_;
 };
 
 class BatchNorm2d : public Module {

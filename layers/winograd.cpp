@@ -131,13 +131,13 @@ WinogradFilter winograd_filter(const Tensor& w) {
   f.out_channels = w.dim(0);
   f.in_channels = w.dim(1);
   const int64_t pairs = f.out_channels * f.in_channels;
-  f.u = Tensor::empty({kPositions, f.out_channels, f.in_channels});
+  Tensor ut = Tensor::empty({kPositions, f.out_channels, f.in_channels});
   // G of F(4x4, 3x3), rows applied to each column of g, then to each row of G g.
   static const double G[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
                                  {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
                                  {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
   const float* src = w.data();
-  float* u = f.u.data();
+  float* u = ut.data();
   parallel_for(pairs, [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
       const float* g = src + p * 9;
@@ -151,6 +151,14 @@ WinogradFilter winograd_filter(const Tensor& w) {
           u[(i * 6 + j) * pairs + p] = static_cast<float>(v);
         }
     }
+  });
+  // Each position's U packed once: the convolutions multiply by it for every tile block.
+  f.isa = active_isa();
+  f.positions.resize(kPositions);
+  parallel_for(kPositions, [&](int64_t b, int64_t e) {
+    for (int64_t xi = b; xi < e; ++xi)
+      f.positions[static_cast<size_t>(xi)] = PackedMatrix::pack_owned(
+          false, f.out_channels, f.in_channels, u + xi * pairs, f.in_channels);
   });
   return f;
 }
@@ -169,10 +177,12 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
   // products [36][Cout][stride] of one block of tiles.
   Tensor vbuf = Tensor::empty({kPositions * cin * stride});
   Tensor mbuf = Tensor::empty({kPositions * cout * stride});
-  const WinogradKernels& kern = winograd_kernels(active_isa());
   const Isa isa = active_isa();
+  if (f.isa != isa || f.positions.size() != static_cast<size_t>(kPositions))
+    throw Error("winograd: filters were packed for " + isa_name(f.isa) +
+                " kernels but the active ISA is " + isa_name(isa) + "; transform them again");
+  const WinogradKernels& kern = winograd_kernels(isa);
   const float* xd = x.data();
-  const float* ud = f.u.data();
   float* vd = vbuf.data();
   float* md = mbuf.data();
   for (int64_t t0 = 0; t0 < tiles; t0 += tb) {
@@ -189,9 +199,9 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
     // One GEMM per transform position: products[xi] = U[xi] (Cout x Cin) * V[xi] (Cin x tiles).
     parallel_for(kPositions, [&](int64_t lo, int64_t hi) {
       for (int64_t xi = lo; xi < hi; ++xi)
-        gemm_single(isa, GemmArgs{false, false, cout, count, cin, ud + xi * cout * cin, cin,
-                                  vd + xi * cin * stride, stride, 0.0f, md + xi * cout * stride,
-                                  stride});
+        gemm_prepacked_single(*f.positions[static_cast<size_t>(xi)], false, count,
+                              vd + xi * cin * stride, stride, 0.0f, md + xi * cout * stride,
+                              stride);
     });
     parallel_for(cout * groups, [&](int64_t lo, int64_t hi) {
       alignas(64) float out[16 * L];

@@ -7,15 +7,22 @@
 // rounding only (tests/test_winograd.cpp bounds the error).
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <vector>
 
+#include "engine/cpu.h"
+#include "engine/gemm_prepacked.h"
 #include "layers/functional.h"
 
 namespace isplit {
 
-// Filters of a 3x3 convolution in the Winograd domain.
+// Filters of a 3x3 convolution in the Winograd domain: at each of the 36 positions the
+// matrix U = (G g G^T) [out_channels, in_channels], packed once for the GEMM kernels of
+// the ISA active when it was made (only that ISA can use it).
 struct WinogradFilter {
   int64_t out_channels = 0, in_channels = 0;
-  Tensor u;  // [36, out_channels, in_channels]: (G g G^T) at each of the 36 positions
+  Isa isa = Isa::Scalar;
+  std::vector<std::shared_ptr<const PackedMatrix>> positions;
 };
 
 // When conv2d layers use Winograd (ISPLIT_WINOGRAD=0 / 1 / auto sets the default).
@@ -33,7 +40,8 @@ bool winograd_applies(const Conv2dSpec& s);
 // (Auto: enough channels, and enough tiles per image that the 36 GEMMs outrun the direct
 // one; never decided by the batch size, so a batch's images get the bits they get alone).
 bool winograd_pays(const Shape& x, const Conv2dSpec& s);
-// Transforms w [Cout, Cin, 3, 3] to the Winograd domain (in double, rounded once).
+// Transforms w [Cout, Cin, 3, 3] to the Winograd domain (in double, rounded once) and
+// packs it for the active ISA.
 WinogradFilter winograd_filter(const Tensor& w);
 // y = conv(x, w) + b, then max(y, 0) when relu, with f = winograd_filter(w); s must
 // satisfy winograd_applies. Deterministic: the thread count never changes a result.

@@ -177,13 +177,28 @@ TEST_SUITE("winograd") {
     const Conv2dSpec s = spec3x3(32, 16, 1);
     const Tensor x = randn({1, 32, 12, 12}, rng), wt = randn({16, 32, 3, 3}, rng, 0.2);
     const Tensor ref = conv2d_forward_naive(x, wt, nullptr, s);
-    const WinogradFilter f = winograd_filter(wt);
     const Isa saved = active_isa();
     for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
       if (!isa_supported(isa)) continue;
       set_active_isa(isa);
+      const WinogradFilter f = winograd_filter(wt);  // packed for this ISA's kernels
       CHECK_MESSAGE(scaled_error(conv2d_forward_winograd(x, f, nullptr, s), ref, x, wt) <= kScaledTol,
                     isa_name(isa));
+    }
+    set_active_isa(saved);
+  }
+
+  TEST_CASE("filters packed for one ISA are refused under another") {
+    const Isa saved = active_isa();
+    if (isa_supported(Isa::Avx2) && isa_supported(Isa::Avx512)) {
+      std::mt19937_64 rng(12);
+      const Conv2dSpec s = spec3x3(8, 8, 1);
+      const Tensor x = randn({1, 8, 8, 8}, rng), wt = randn({8, 8, 3, 3}, rng, 0.2);
+      set_active_isa(Isa::Avx512);
+      const WinogradFilter f = winograd_filter(wt);
+      set_active_isa(Isa::Avx2);
+      CHECK_THROWS_WITH_AS(conv2d_forward_winograd(x, f, nullptr, s),
+                           doctest::Contains("packed for avx512"), Error);
     }
     set_active_isa(saved);
   }

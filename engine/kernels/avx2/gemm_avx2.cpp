@@ -6,6 +6,7 @@
 
 #include "engine/gemm.h"
 #include "engine/kernels/gemm_pack.h"
+#include "engine/kernels/gemm_prepack.h"
 
 namespace isplit {
 
@@ -381,6 +382,11 @@ void gemm_avx2(const GemmArgs& args) {
     return;
   }
   gemm_packed<Avx2Kern>(args);
+}
+
+const PrepackKernels* prepack_kernels_avx2() {
+  static const PrepackKernels kernels = gemm_pack::make_prepack_kernels<Avx2Kern>();
+  return &kernels;
 }
 
 }  // namespace isplit

@@ -11,6 +11,7 @@
 
 #include "engine/gemm.h"
 #include "engine/kernels/gemm_pack.h"
+#include "engine/kernels/gemm_prepack.h"
 
 namespace isplit {
 
@@ -382,6 +383,11 @@ void gemm_avx512(const GemmArgs& args) {
     return;
   }
   gemm_packed<Avx512Kern>(args);
+}
+
+const PrepackKernels* prepack_kernels_avx512() {
+  static const PrepackKernels kernels = gemm_pack::make_prepack_kernels<Avx512Kern>();
+  return &kernels;
 }
 
 }  // namespace isplit

@@ -10,6 +10,7 @@
 
 #include "engine/gemm.h"
 #include "engine/kernels/gemm_pack.h"
+#include "engine/kernels/gemm_prepack.h"
 
 namespace isplit {
 
@@ -246,5 +247,10 @@ struct NeonKern {
 // Single-threaded NEON GEMM through the shared packed driver (one-row C included: with
 // m <= MR and row-major B the driver reads B in place without packing it).
 void gemm_neon(const GemmArgs& args) { gemm_packed<NeonKern>(args); }
+
+const PrepackKernels* prepack_kernels_neon() {
+  static const PrepackKernels kernels = gemm_pack::make_prepack_kernels<NeonKern>();
+  return &kernels;
+}
 
 }  // namespace isplit

@@ -1,0 +1,113 @@
+// GEMM with a left operand packed once and reused: convolution weights are packed into
+// the micro-kernels' panel layout when a model is prepared for inference, instead of on
+// every call (at batch 1 and small feature maps the packing of the weights costs as much
+// as the multiply-adds). Results are bit-identical to gemm() on the same operands.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "engine/cpu.h"
+#include "engine/gemm.h"
+#include "engine/tensor.h"
+
+namespace isplit {
+
+// What gemm_prepacked() does to each element of C once its sum is complete:
+// c = c + bias[row] (when bias is set), then c = max(c, 0) (when relu).
+struct GemmEpilogue {
+  const float* row_bias = nullptr;
+  bool relu = false;
+};
+
+// op(A) [M x K] packed for the kernels of the ISA active when it was made. Two layouts,
+// each made on first use (thread-safe): panels of MR rows for C with vector lanes along N,
+// and NR-column tiles of op(A)^T for C with lanes along M (few columns, the batch-1 shape
+// of small feature maps). The source matrix must outlive this object and not change.
+class PackedMatrix {
+ public:
+  // Remembers op(A): A is M x K (row stride lda), or with trans K x M.
+  PackedMatrix(bool trans, int64_t m, int64_t k, const float* a, int64_t lda);
+  // Packs op(A) now into storage of its own (a need not outlive it): the layout for lanes
+  // along N of the active ISA, or a plain copy when that ISA has no packed kernels. Such a
+  // matrix only computes while that ISA is active.
+  static std::unique_ptr<PackedMatrix> pack_owned(bool trans, int64_t m, int64_t k,
+                                                  const float* a, int64_t lda);
+  // The ISA whose kernels the layouts are for.
+  Isa isa() const { return isa_; }
+  PackedMatrix(const PackedMatrix&) = delete;
+  PackedMatrix& operator=(const PackedMatrix&) = delete;
+  // Rows of op(A).
+  int64_t m() const { return m_; }
+  // Columns of op(A) (the summed dimension).
+  int64_t k() const { return k_; }
+  // Bytes of the layouts made so far.
+  int64_t packed_bytes() const;
+
+ private:
+  friend void run_prepacked_gemm(const PackedMatrix&, bool, int64_t, const float*, int64_t, float,
+                                 float*, int64_t, const GemmEpilogue&, bool);
+  // The layout for lanes along M (lanes_m) or along N, packed on first use.
+  const float* layout(bool lanes_m) const;
+  bool trans_;
+  int64_t m_, k_;
+  const float* a_;
+  int64_t lda_;
+  Isa isa_;
+  bool owned_ = false;  // made by pack_owned: a_ is unused, data_[0] holds everything
+  mutable std::once_flag once_[2];
+  mutable Tensor data_[2];
+};
+
+// C[M x N] = op(A) op(B) + beta * C, then the epilogue, with op(A) prepacked; op(B) is B
+// (K x N, ldb) or with trans_b B^T (B N x K). Multi-threaded; same bits as gemm() followed
+// by the epilogue, whatever the thread count.
+void gemm_prepacked(const PackedMatrix& a, bool trans_b, int64_t n, const float* b, int64_t ldb,
+                    float beta, float* c, int64_t ldc, const GemmEpilogue& epilogue = {});
+// gemm_prepacked on the calling thread only (for callers that split work themselves).
+void gemm_prepacked_single(const PackedMatrix& a, bool trans_b, int64_t n, const float* b,
+                           int64_t ldb, float beta, float* c, int64_t ldc,
+                           const GemmEpilogue& epilogue = {});
+
+// Whether layers prepared for inference pack their GEMM weights (default on;
+// ISPLIT_PREPACK=0 in the environment turns it off, e.g. to save the memory).
+bool gemm_prepack_enabled();
+// Turns weight prepacking on or off for layers packed from now on.
+void set_gemm_prepack(bool on);
+
+// Applies the epilogue to rows [0, m) x columns [0, n) of C (the unpacked fallback).
+void apply_epilogue(const GemmEpilogue& e, int64_t m, int64_t n, float* c, int64_t ldc);
+
+// One ISA's prepacked kernels (engine internals; see engine/kernels/gemm_prepack.h).
+struct PrepackedJob {
+  bool lanes_m;           // layout and orientation: lanes along M (tiles) or N (panels)
+  const float* packed;    // the layout
+  int64_t m, k;           // op(A)
+  int64_t r0, r1;         // rows of C to compute (r0 a multiple of the layout's row unit)
+  int64_t n0, n1;         // columns of C to compute
+  bool trans_b;
+  const float* b;
+  int64_t ldb;
+  float beta;
+  float* c;
+  int64_t ldc;
+  GemmEpilogue epilogue;
+};
+struct PrepackKernels {
+  int64_t mr, nr, vl;        // micro-tile rows and columns, vector lanes
+  bool lanes_m_ok;           // the kernels can write C transposed (lanes along M)
+  // Floats of the layout for op(A) [m x k].
+  int64_t (*floats)(bool lanes_m, int64_t m, int64_t k);
+  // Writes the layout of op(A) into dst (64-byte aligned, floats() long).
+  void (*pack)(bool lanes_m, bool trans_a, const float* a, int64_t lda, int64_t m, int64_t k,
+               float* dst);
+  // Computes one job on the calling thread.
+  void (*run)(const PrepackedJob& job);
+};
+// The prepacked kernels of an ISA, or null when it has none (scalar).
+const PrepackKernels* prepack_kernels(Isa isa);
+const PrepackKernels* prepack_kernels_avx2();
+const PrepackKernels* prepack_kernels_avx512();
+const PrepackKernels* prepack_kernels_neon();
+
+}  // namespace isplit

@@ -1,0 +1,163 @@
+// Convolutions on prepacked weights (conv2d_forward_packed and Conv2d::infer when packed):
+// the same bits as conv2d_forward followed by relu_inplace, on every path (pointwise read
+// in place, images batched for small maps, im2col bands for large ones).
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+
+#include "engine/cpu.h"
+#include "engine/gemm_prepacked.h"
+#include "engine/parallel.h"
+#include "layers/functional.h"
+#include "layers/modules.h"
+
+using namespace isplit;
+
+namespace {
+
+Tensor random_tensor(std::mt19937& rng, const Shape& shape) {
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  Tensor t = Tensor::empty(shape);
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = dist(rng);
+  return t;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() &&
+         std::memcmp(a.data(), b.data(), static_cast<size_t>(a.numel()) * sizeof(float)) == 0;
+}
+
+struct ConvCase {
+  int64_t cin, cout, kernel, stride, pad, batch, size;
+};
+
+// The convolution a case describes.
+Conv2dSpec spec_of(const ConvCase& c) {
+  Conv2dSpec s;
+  s.in_channels = c.cin;
+  s.out_channels = c.cout;
+  s.kh = s.kw = c.kernel;
+  s.stride_h = s.stride_w = c.stride;
+  s.pad_h = s.pad_w = c.pad;
+  return s;
+}
+
+}  // namespace
+
+TEST_SUITE("conv_packed") {
+  TEST_CASE("conv2d_forward_packed equals conv2d_forward (+ ReLU) bit for bit") {
+    const int saved = num_threads();
+    std::mt19937 rng(31);
+    const ConvCase cases[] = {
+        {64, 256, 1, 1, 0, 1, 14},    // pointwise, small map, batch 1: input read in place
+        {64, 256, 1, 1, 0, 3, 14},    // pointwise, images batched
+        {256, 512, 1, 2, 0, 2, 14},   // strided pointwise (downsample): gathered columns
+        {32, 48, 1, 1, 0, 2, 20},     // pointwise, large map: per-image GEMM on the input
+        {16, 40, 3, 1, 1, 1, 9},      // 3x3, small map, batch 1
+        {16, 40, 3, 2, 1, 3, 9},      // 3x3 stride 2, batched
+        {8, 24, 3, 1, 1, 2, 40},      // 3x3, large map: im2col bands
+        {3, 64, 7, 2, 3, 1, 32},      // the ResNet stem
+        {512, 2048, 1, 1, 0, 1, 2},   // layer4 at 64x64 input: few columns (lanes along M)
+    };
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      for (const ConvCase& c : cases) {
+        const Conv2dSpec s = spec_of(c);
+        const Tensor x = random_tensor(rng, {c.batch, c.cin, c.size, c.size});
+        const Tensor w = random_tensor(rng, {c.cout, c.cin, c.kernel, c.kernel});
+        const Tensor b = random_tensor(rng, {c.cout});
+        const int64_t k = c.cin * c.kernel * c.kernel;
+        const PackedMatrix pw(false, c.cout, k, w.data(), k);
+        for (bool bias : {false, true})
+          for (bool relu : {false, true}) {
+            Tensor expect = conv2d_forward(x, w, bias ? &b : nullptr, s);
+            if (relu) relu_inplace(expect);
+            const Tensor got = conv2d_forward_packed(x, pw, bias ? &b : nullptr, s, relu);
+            CHECK_MESSAGE(same_bits(got, expect), "cin " << c.cin << " cout " << c.cout << " k "
+                                                          << c.kernel << " stride " << c.stride
+                                                          << " batch " << c.batch << " size "
+                                                          << c.size << " bias " << bias << " relu "
+                                                          << relu << " threads " << threads);
+          }
+      }
+    }
+    set_num_threads(saved);
+  }
+
+  TEST_CASE("conv2d_backward_data_packed equals conv2d_backward_data bit for bit") {
+    const int saved = num_threads();
+    std::mt19937 rng(41);
+    const ConvCase cases[] = {
+        {64, 256, 1, 1, 0, 1, 14}, {64, 256, 1, 1, 0, 3, 14}, {256, 512, 1, 2, 0, 2, 14},
+        {32, 48, 1, 1, 0, 2, 20},  {16, 40, 3, 1, 1, 1, 9},   {16, 40, 3, 2, 1, 3, 9},
+        {8, 24, 3, 1, 1, 2, 40},   {3, 64, 7, 2, 3, 1, 32},   {512, 2048, 1, 1, 0, 1, 2},
+    };
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      for (const ConvCase& c : cases) {
+        const Conv2dSpec s = spec_of(c);
+        const Shape xs{c.batch, c.cin, c.size, c.size};
+        const Tensor gy = random_tensor(rng, conv2d_out_shape(xs, s));
+        const Tensor w = random_tensor(rng, {c.cout, c.cin, c.kernel, c.kernel});
+        const int64_t k = c.cin * c.kernel * c.kernel;
+        const PackedMatrix pt(true, k, c.cout, w.data(), k);
+        // Gradients accumulate: start both from the same non-zero values.
+        const Tensor start = random_tensor(rng, xs);
+        Tensor expect = start.clone(), got = start.clone();
+        conv2d_backward_data(gy, w, s, expect);
+        conv2d_backward_data_packed(gy, pt, s, got);
+        CHECK_MESSAGE(same_bits(got, expect), "cin " << c.cin << " cout " << c.cout << " k "
+                                                      << c.kernel << " stride " << c.stride
+                                                      << " batch " << c.batch << " size " << c.size
+                                                      << " threads " << threads);
+      }
+    }
+    set_num_threads(saved);
+  }
+
+  TEST_CASE("packed weights that do not fit the layer are an error") {
+    std::mt19937 rng(3);
+    Conv2dSpec s;
+    s.in_channels = 4;
+    s.out_channels = 6;
+    s.kh = s.kw = 3;
+    s.pad_h = s.pad_w = 1;
+    const Tensor w = random_tensor(rng, {6, 4, 3, 3});
+    const PackedMatrix wrong(false, 6, 4, w.data(), 4);  // K should be 36
+    const Tensor x = random_tensor(rng, {1, 4, 5, 5});
+    CHECK_THROWS_WITH_AS(conv2d_forward_packed(x, wrong, nullptr, s, false),
+                         doctest::Contains("packed weights"), Error);
+    Conv2dSpec grouped = s;
+    grouped.groups = 2;
+    CHECK_THROWS_AS(conv2d_forward_packed(x, wrong, nullptr, grouped, false), Error);
+    Tensor gx = Tensor::zeros({1, 4, 5, 5});
+    const Tensor gy = random_tensor(rng, {1, 6, 5, 5});
+    CHECK_THROWS_WITH_AS(conv2d_backward_data_packed(gy, wrong, s, gx),
+                         doctest::Contains("packed weights"), Error);
+  }
+
+  TEST_CASE("Conv2d::infer gives the same bits packed or not, and after new weights") {
+    std::mt19937 rng(8);
+    Conv2d conv(16, 32, 3, 1, 1, true);
+    conv.weight.value = random_tensor(rng, {32, 16, 3, 3});
+    conv.bias.value = random_tensor(rng, {32});
+    conv.set_training(false);
+    const Tensor x = random_tensor(rng, {2, 16, 6, 6});  // too small for Winograd: GEMM path
+    const Tensor plain = conv.infer(x, true);
+    conv.pack_for_inference(true);
+    CHECK(same_bits(conv.infer(x, true), plain));
+    // Folding new scale/shift re-packs from the new weights.
+    std::vector<float> scale(32, 0.5f), shift(32, 0.25f);
+    conv.fold_scale_shift(scale, shift);
+    const Tensor packed_after = conv.infer(x, false);
+    conv.pack_for_inference(false);
+    CHECK(same_bits(packed_after, conv.infer(x, false)));
+    set_gemm_prepack(false);
+    conv.pack_for_inference(true);
+    CHECK(same_bits(packed_after, conv.infer(x, false)));
+    set_gemm_prepack(true);
+  }
+}

@@ -1,0 +1,179 @@
+// Prepacked-operand GEMM: bit for bit equal to gemm_single() on the same ISA followed by
+// the epilogue, for both layouts (lanes along N and along M), every thread count, tails,
+// multi-block shapes and transposed operands.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/cpu.h"
+#include "engine/gemm.h"
+#include "engine/gemm_prepacked.h"
+#include "engine/parallel.h"
+
+using namespace isplit;
+
+namespace {
+
+// Restores the thread count and ISA when a test case ends.
+struct Restore {
+  int threads = num_threads();
+  Isa isa = active_isa();
+  ~Restore() {
+    set_num_threads(threads);
+    set_active_isa(isa);
+  }
+};
+
+// One problem: op(A) [m x k] (A stored transposed when ta), op(B) [k x n], C [m x n].
+struct Case {
+  bool ta, tb;
+  int64_t m, n, k;
+  float beta;
+  bool bias, relu;
+  int64_t pad;  // added to every leading dimension
+};
+
+std::vector<float> random_vector(std::mt19937& rng, size_t n) {
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+std::string describe(Isa isa, const Case& c, int threads) {
+  return isa_name(isa) + " m=" + std::to_string(c.m) + " n=" + std::to_string(c.n) +
+         " k=" + std::to_string(c.k) + " ta=" + std::to_string(c.ta) +
+         " tb=" + std::to_string(c.tb) + " beta=" + std::to_string(c.beta) +
+         " bias=" + std::to_string(c.bias) + " relu=" + std::to_string(c.relu) +
+         " pad=" + std::to_string(c.pad) + " threads=" + std::to_string(threads);
+}
+
+// Runs one case on one ISA at several thread counts; returns the failures.
+int check_case(std::mt19937& rng, Isa isa, const Case& cs) {
+  set_active_isa(isa);
+  const int64_t lda = (cs.ta ? cs.m : cs.k) + cs.pad, ldb = (cs.tb ? cs.k : cs.n) + cs.pad;
+  const int64_t ldc = cs.n + cs.pad;
+  const std::vector<float> a = random_vector(rng, static_cast<size_t>((cs.ta ? cs.k : cs.m) * lda));
+  const std::vector<float> b = random_vector(rng, static_cast<size_t>((cs.tb ? cs.n : cs.k) * ldb));
+  const std::vector<float> c0 = random_vector(rng, static_cast<size_t>(cs.m * ldc));
+  const std::vector<float> bias = random_vector(rng, static_cast<size_t>(cs.m));
+  // Expected: the single-threaded kernel, then bias and ReLU element by element.
+  std::vector<float> expect = c0;
+  gemm_single(isa, GemmArgs{cs.ta, cs.tb, cs.m, cs.n, cs.k, a.data(), lda, b.data(), ldb, cs.beta,
+                            expect.data(), ldc});
+  for (int64_t i = 0; i < cs.m; ++i)
+    for (int64_t j = 0; j < cs.n; ++j) {
+      float& v = expect[i * ldc + j];
+      if (cs.bias) v = v + bias[i];
+      if (cs.relu) v = v > 0.0f ? v : 0.0f;
+    }
+  GemmEpilogue e;
+  e.row_bias = cs.bias ? bias.data() : nullptr;
+  e.relu = cs.relu;
+  const PackedMatrix packed(cs.ta, cs.m, cs.k, a.data(), lda);
+  int failures = 0;
+  for (int threads : {1, 2, 3}) {
+    set_num_threads(threads);
+    std::vector<float> got = c0;
+    gemm_prepacked(packed, cs.tb, cs.n, b.data(), ldb, cs.beta, got.data(), ldc, e);
+    if (std::memcmp(got.data(), expect.data(), got.size() * sizeof(float)) != 0) {
+      ++failures;
+      FAIL_CHECK("prepacked GEMM differs from gemm_single: " << describe(isa, cs, threads));
+    }
+  }
+  return failures;
+}
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon})
+    if (isa_supported(isa)) out.push_back(isa);
+  return out;
+}
+
+}  // namespace
+
+TEST_SUITE("gemm_prepacked") {
+  TEST_CASE("equals gemm_single plus the epilogue on convolution-like shapes") {
+    Restore restore;
+    std::mt19937 rng(77);
+    const Case cases[] = {
+        // 1x1 convolutions at batch 1: wide (lanes along N) and narrow (lanes along M).
+        {false, false, 64, 3136, 256, 0.0f, true, true, 0},
+        {false, false, 512, 196, 256, 0.0f, true, false, 0},
+        {false, false, 2048, 4, 512, 0.0f, true, true, 0},
+        {false, false, 1024, 16, 256, 0.0f, false, true, 0},
+        {false, false, 256, 49, 2304, 0.0f, true, true, 0},
+        // Data-gradient shapes (A transposed), accumulating into C.
+        {true, false, 576, 3136, 64, 0.0f, false, false, 0},
+        {true, false, 4608, 4, 512, 1.0f, false, false, 0},
+        {true, false, 300, 70, 257, 1.0f, false, false, 3},
+        // Tails everywhere, odd strides, B transposed, beta scaling.
+        {false, true, 37, 129, 300, 0.5f, true, true, 5},
+        {false, false, 13, 1, 7, 0.0f, true, false, 1},
+        {true, true, 250, 33, 520, 0.0f, true, true, 2},
+        {false, false, 481, 1100, 33, 0.0f, true, true, 0},
+        // B row stride a multiple of 4 KiB (packed rather than read in place).
+        {false, false, 100, 1024, 40, 0.0f, true, false, 0},
+        // Empty sum: C = beta * C, then the epilogue.
+        {false, false, 20, 30, 0, 0.5f, true, true, 1},
+    };
+    int failures = 0;
+    for (Isa isa : supported_isas())
+      for (const Case& cs : cases) failures += check_case(rng, isa, cs);
+    CHECK(failures == 0);
+  }
+
+  TEST_CASE("random shapes, both layouts, every ISA") {
+    Restore restore;
+    std::mt19937 rng(2024);
+    std::uniform_int_distribution<int> coin(0, 1);
+    std::uniform_int_distribution<int64_t> small(1, 150), depth(0, 600), wide(1, 700);
+    int failures = 0;
+    for (Isa isa : supported_isas())
+      for (int trial = 0; trial < 40; ++trial) {
+        Case cs{coin(rng) == 1, coin(rng) == 1, small(rng) * (coin(rng) ? 1 : 3),
+                coin(rng) ? small(rng) : wide(rng), depth(rng), coin(rng) ? 0.0f : 1.0f,
+                coin(rng) == 1, coin(rng) == 1, coin(rng) ? 0 : 7};
+        failures += check_case(rng, isa, cs);
+      }
+    CHECK(failures == 0);
+  }
+
+  TEST_CASE("a matrix packed under one ISA still computes after the ISA changes") {
+    Restore restore;
+    const std::vector<Isa> isas = supported_isas();
+    if (isas.size() < 2) return;
+    std::mt19937 rng(5);
+    const int64_t m = 70, n = 90, k = 300;
+    const std::vector<float> a = random_vector(rng, m * k), b = random_vector(rng, k * n);
+    set_active_isa(isas.back());
+    const PackedMatrix packed(false, m, k, a.data(), k);
+    for (Isa isa : isas) {
+      set_active_isa(isa);
+      std::vector<float> expect(m * n), got(m * n);
+      gemm(false, false, m, n, k, a.data(), k, b.data(), n, 0.0f, expect.data(), n);
+      gemm_prepacked(packed, false, n, b.data(), n, 0.0f, got.data(), n);
+      CHECK_MESSAGE(std::memcmp(got.data(), expect.data(), got.size() * sizeof(float)) == 0,
+                    isa_name(isa));
+    }
+  }
+
+  TEST_CASE("layouts are made on first use and their size is reported") {
+    Restore restore;
+    std::mt19937 rng(6);
+    const std::vector<float> a = random_vector(rng, 64 * 32);
+    const PackedMatrix packed(false, 64, 32, a.data(), 32);
+    CHECK(packed.packed_bytes() == 0);
+    std::vector<float> b = random_vector(rng, 32 * 500), c(64 * 500);
+    gemm_prepacked(packed, false, 500, b.data(), 500, 0.0f, c.data(), 500);
+    if (prepack_kernels(active_isa())) CHECK(packed.packed_bytes() >= 64 * 32 * 4);
+    CHECK_THROWS_AS(PackedMatrix(false, -1, 3, a.data(), 3), Error);
+  }
+}
