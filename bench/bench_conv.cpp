@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "engine/parallel.h"
 #include "layers/functional.h"
 #include "layers/winograd.h"
@@ -51,16 +52,7 @@ const ConvShape kConvShapes[] = {
     {"vgg_conv4_2_s64", 512, 512, 8},
 };
 
-// Deterministic values in [-1, 1).
-Tensor filled(const isplit::Shape& shape, uint32_t seed) {
-  Tensor t = Tensor::empty(shape);
-  uint32_t s = seed * 2654435761u + 1u;
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    s = s * 1664525u + 1013904223u;
-    t[i] = static_cast<float>(s >> 8) * (2.0f / 16777216.0f) - 1.0f;
-  }
-  return t;
-}
+using isplit::bench::filled;
 
 enum class Pass { Forward, DataGradient };
 

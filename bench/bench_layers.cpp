@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "engine/parallel.h"
 #include "engine/tape.h"
 #include "layers/modules.h"
@@ -55,16 +56,7 @@ const LayerShape kVgg224[] = {
     {"vgg_conv5_1", 512, 512, 3, 1, 14},
 };
 
-// Deterministic values in [-1, 1).
-Tensor filled(const isplit::Shape& shape, uint32_t seed) {
-  Tensor t = Tensor::empty(shape);
-  uint32_t s = seed * 2654435761u + 1u;
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    s = s * 1664525u + 1013904223u;
-    t[i] = static_cast<float>(s >> 8) * (2.0f / 16777216.0f) - 1.0f;
-  }
-  return t;
-}
+using isplit::bench::filled;
 
 enum class Step { Forward, Importance };
 
