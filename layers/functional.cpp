@@ -40,10 +40,14 @@ inline void im2col_row(const float* xc, int64_t h, int64_t w, int64_t y, int64_t
     std::copy(xrow + lo + off, xrow + hi + off, drow + lo);
     std::fill(drow + hi, drow + ow, 0.0f);
   } else {
-    for (int64_t x0 = 0; x0 < ow; ++x0) {
-      const int64_t ix = x0 * s.stride_w + off;
-      drow[x0] = (ix >= 0 && ix < w) ? xrow[ix] : 0.0f;
-    }
+    // Strided: outputs [lo, hi) read inside the row (ix = x0 * stride + off in [0, w)).
+    const int64_t sw = s.stride_w;
+    const int64_t lo = std::clamp<int64_t>(off >= 0 ? 0 : (-off + sw - 1) / sw, 0, ow);
+    const int64_t hi = std::clamp<int64_t>(w - off <= 0 ? 0 : (w - off + sw - 1) / sw, lo, ow);
+    std::fill(drow, drow + lo, 0.0f);
+    const float* src = xrow + lo * sw + off;
+    for (int64_t x0 = lo; x0 < hi; ++x0, src += sw) drow[x0] = *src;
+    std::fill(drow + hi, drow + ow, 0.0f);
   }
 }
 
