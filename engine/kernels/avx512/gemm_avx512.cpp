@@ -275,7 +275,7 @@ void gemv_trans_b(const GemmArgs& g) {
   const int64_t n = g.n, k = g.k, nkb = k_block_count(k, Avx512Kern::KC);
   const int64_t as = row_a_stride(g);
   const __m512 vb = _mm512_set1_ps(g.beta);
-  constexpr int kGroups = 2;  // independent groups of 16 rows (hides part of the FMA latency)
+  constexpr int kGroups = 1;  // groups of 16 rows: more concurrent row streams defeat the prefetchers
   for (int64_t j0 = 0; j0 < n; j0 += 16 * kGroups) {
     for (int64_t kb = 0; kb < nkb; ++kb) {
       const int64_t p0 = part_begin(k, nkb, kb), p1 = part_begin(k, nkb, kb + 1);
