@@ -145,20 +145,31 @@ void columns_batch(const Tensor& x, int64_t img0, int64_t nb, int64_t oh, int64_
                    const Conv2dSpec& s, bool direct, float* out) {
   const int64_t cin = s.in_channels, h = x.dim(2), w = x.dim(3), hw = oh * ow;
   const int64_t taps = direct ? 1 : s.kh * s.kw, ld = nb * hw;
-  parallel_for(cin * taps, [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      const int64_t c = r / taps, t = r % taps;
-      const int64_t i = t / s.kw, j = t % s.kw;
+  // Small maps (this path's only use): where each (tap, output pixel) reads from, -1 for
+  // padding, worked out once for all channels and images, so the copy is one tight loop.
+  std::vector<int32_t> from(static_cast<size_t>(direct ? 0 : taps * hw));
+  for (int64_t t = 0; t < taps && !direct; ++t)
+    for (int64_t y = 0; y < oh; ++y)
+      for (int64_t x0 = 0; x0 < ow; ++x0) {
+        const int64_t iy = y * s.stride_h - s.pad_h + (t / s.kw) * s.dil_h;
+        const int64_t ix = x0 * s.stride_w - s.pad_w + (t % s.kw) * s.dil_w;
+        from[static_cast<size_t>(t * hw + y * ow + x0)] =
+            iy >= 0 && iy < h && ix >= 0 && ix < w ? static_cast<int32_t>(iy * w + ix) : -1;
+      }
+  parallel_for(cin, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c)
       for (int64_t im = 0; im < nb; ++im) {
         const float* xc = x.data() + ((img0 + im) * cin + c) * h * w;
-        float* dst = out + r * ld + im * hw;
         if (direct) {
-          std::copy(xc, xc + hw, dst);
+          std::copy(xc, xc + hw, out + c * ld + im * hw);
           continue;
         }
-        for (int64_t y = 0; y < oh; ++y) im2col_row(xc, h, w, y, i, j, ow, s, dst + y * ow);
+        for (int64_t t = 0; t < taps; ++t) {
+          float* dst = out + (c * taps + t) * ld + im * hw;
+          const int32_t* f = from.data() + t * hw;
+          for (int64_t q = 0; q < hw; ++q) dst[q] = f[q] >= 0 ? xc[f[q]] : 0.0f;
+        }
       }
-    }
   });
 }
 
