@@ -855,6 +855,38 @@ void avgpool2d_backward(const Tensor& gy, const Pool2dSpec& s, Tensor& gx) {
   });
 }
 
+Tensor pool_linear_weight(const Tensor& w, int64_t channels, int64_t h, int64_t wd, int64_t oh,
+                          int64_t ow) {
+  if (w.ndim() != 2 || channels <= 0 || h <= 0 || wd <= 0 || oh <= 0 || ow <= 0 ||
+      w.dim(1) != channels * oh * ow)
+    throw Error("pool_linear_weight: weight " + shape_str(w.shape()) + " does not take " +
+                std::to_string(channels) + "x" + std::to_string(oh) + "x" + std::to_string(ow) +
+                " pooled features");
+  const int64_t out = w.dim(0), cells = oh * ow, pixels = h * wd;
+  Tensor folded = Tensor::empty({out, channels * pixels});
+  parallel_for(out * channels, [&](int64_t b, int64_t e) {
+    std::vector<double> acc(static_cast<size_t>(pixels));
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t o = r / channels, c = r % channels;
+      const float* src = w.data() + o * w.dim(1) + c * cells;
+      std::fill(acc.begin(), acc.end(), 0.0);
+      // The windows of adaptive_avgpool2d_forward.
+      for (int64_t py = 0; py < oh; ++py) {
+        const int64_t y0 = py * h / oh, y1 = ((py + 1) * h + oh - 1) / oh;
+        for (int64_t px = 0; px < ow; ++px) {
+          const int64_t x0 = px * wd / ow, x1 = ((px + 1) * wd + ow - 1) / ow;
+          const double share = double(src[py * ow + px]) / double((y1 - y0) * (x1 - x0));
+          for (int64_t iy = y0; iy < y1; ++iy)
+            for (int64_t ix = x0; ix < x1; ++ix) acc[static_cast<size_t>(iy * wd + ix)] += share;
+        }
+      }
+      float* dst = folded.data() + o * channels * pixels + c * pixels;
+      for (int64_t q = 0; q < pixels; ++q) dst[q] = static_cast<float>(acc[static_cast<size_t>(q)]);
+    }
+  });
+  return folded;
+}
+
 Tensor adaptive_avgpool2d_forward(const Tensor& x, int64_t oh, int64_t ow) {
   require4(x, "adaptive_avg_pool2d");
   if (oh <= 0 || ow <= 0 || x.dim(2) <= 0 || x.dim(3) <= 0)

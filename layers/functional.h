@@ -103,6 +103,12 @@ Tensor avgpool2d_forward(const Tensor& x, const Pool2dSpec& s);
 // gx += backward of avgpool2d_forward.
 void avgpool2d_backward(const Tensor& gy, const Pool2dSpec& s, Tensor& gx);
 // Adaptive average pool to [oh, ow] with PyTorch's bins: [floor(i*H/oh), ceil((i+1)*H/oh)).
+// The weight of x -> linear(flatten(adaptive_avgpool2d(x, oh, ow))) as one linear map of
+// the flattened x [N, C*h*w]: from w [out, C*oh*ow], W'[o, c*h*w + q] = sum over the pooled
+// cells b whose window holds input pixel q of w[o, c*oh*ow + b] / |window b| (in double,
+// rounded once). Smaller than w when h*w < oh*ow (a small input upsampled by the pool).
+Tensor pool_linear_weight(const Tensor& w, int64_t channels, int64_t h, int64_t wd, int64_t oh,
+                          int64_t ow);
 Tensor adaptive_avgpool2d_forward(const Tensor& x, int64_t oh, int64_t ow);
 // gx += backward of adaptive_avgpool2d_forward.
 void adaptive_avgpool2d_backward(const Tensor& gy, Tensor& gx);

@@ -377,6 +377,35 @@ void Linear::named_parameters(const std::string& prefix, NamedParams& out) {
   if (has_bias_) out.emplace_back(prefix + "bias", &bias);
 }
 
+void Linear::pack_for_inference(bool on) {
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  packed_ = on;
+  folded_ = Tensor();
+  folded_for_.clear();
+}
+
+void Linear::set_training(bool training) {
+  Module::set_training(training);
+  if (training) pack_for_inference(false);
+}
+
+Tensor Linear::infer_after_pool(const Tensor& x, int64_t oh, int64_t ow) {
+  if (x.ndim() != 4 || x.dim(1) * oh * ow != in_ || x.dim(2) * x.dim(3) >= oh * ow) return Tensor();
+  const Shape key{x.dim(1), x.dim(2), x.dim(3), oh, ow};
+  Tensor folded;
+  {
+    std::lock_guard<std::mutex> lock(pack_mutex_);
+    if (!packed_ || training_) return Tensor();
+    if (folded_for_ != key) {
+      folded_ = pool_linear_weight(weight.value, x.dim(1), x.dim(2), x.dim(3), oh, ow);
+      folded_for_ = key;
+    }
+    folded = folded_;  // shared storage: stays valid if another size replaces it
+  }
+  const Tensor flat = x.reshape({x.dim(0), x.dim(1) * x.dim(2) * x.dim(3)});
+  return linear_forward(flat, folded, has_bias_ ? &bias.value : nullptr);
+}
+
 Var Linear::forward(Tape* tape, const Var& x) {
   Tensor y = linear_forward(x.value, weight.value, has_bias_ ? &bias.value : nullptr);
   if (!tape) return Var{y};

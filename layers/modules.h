@@ -176,6 +176,9 @@ class AdaptiveAvgPool2d : public Module {
   // Adaptive average pool to oh x ow.
   AdaptiveAvgPool2d(int64_t oh, int64_t ow) : oh_(oh), ow_(ow) {}
   Var forward(Tape* tape, const Var& x) override;
+  // Output height and width.
+  int64_t out_h() const { return oh_; }
+  int64_t out_w() const { return ow_; }
   Shape out_shape(const Shape& in) const override;
   double flops(const Shape& in) const override;
 
@@ -197,11 +200,24 @@ class Linear : public Module {
   Shape out_shape(const Shape& in) const override;
   double flops(const Shape& in) const override;
   void named_parameters(const std::string& prefix, NamedParams& out) override;
+  // While on, infer_after_pool() keeps the folded weights it makes (one set per input
+  // size); off, training mode or new weights (a later pack) drop them.
+  void pack_for_inference(bool on) override;
+  void set_training(bool training) override;
+  // Inference of this(flatten(adaptive_avgpool2d(x, oh, ow))) for x [N, C, H, W] as one
+  // linear map of x when that is smaller (H*W < oh*ow: a small input that the pool
+  // upsamples; see pool_linear_weight); returns an undefined Tensor when it is not, or
+  // when the layer is not packed. Equal to the unfused path up to rounding.
+  Tensor infer_after_pool(const Tensor& x, int64_t oh, int64_t ow);
   Parameter weight, bias;
 
  private:
   int64_t in_, out_;
   bool has_bias_;
+  bool packed_ = false;
+  std::mutex pack_mutex_;  // guards the folded weights (forwards may run concurrently)
+  Shape folded_for_;       // [C, H, W, oh, ow] the folded weight was made for
+  Tensor folded_;
 };
 
 class Dropout : public Module {

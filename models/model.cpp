@@ -42,8 +42,29 @@ Var Model::forward(Tape* tape, const Var& x, const Observer& observe,
   if (!stop_after.empty() && !has_cut_point(stop_after))
     throw Error(arch_ + ": unknown cut point '" + stop_after + "'");
   Var v = x;
-  for (Stage& s : stages_) {
+  for (size_t i = 0; i < stages_.size(); ++i) {
+    Stage& s = stages_[i];
     Var pre;
+    if (!tape && packed_ && i + 2 < stages_.size() && !(stages_[i].cut && !stages_[i].hidden) &&
+        !(stages_[i + 1].cut && !stages_[i + 1].hidden)) {
+      // Inference: adaptive pool -> flatten -> linear as one linear map when the pool
+      // upsamples a small input (VGG16 below 224x224), whose folded weight is far smaller.
+      auto* pool = dynamic_cast<AdaptiveAvgPool2d*>(s.module.get());
+      auto* fc = dynamic_cast<Linear*>(stages_[i + 2].module.get());
+      if (pool && fc && dynamic_cast<Flatten*>(stages_[i + 1].module.get())) {
+        Tensor y = fc->infer_after_pool(v.value, pool->out_h(), pool->out_w());
+        if (y.defined()) {
+          v = Var{y};
+          i += 2;
+          Stage& last = stages_[i];
+          if (last.cut && !last.hidden) {
+            if (observe) observe(last.name, v);
+            if (last.name == stop_after) return v;
+          }
+          continue;
+        }
+      }
+    }
     v = s.module->forward_pre_relu(tape, v, &pre);
     if (s.cut && !s.hidden) {
       if (observe_pre_relu && pre.value.defined()) observe_pre_relu(s.name, pre);

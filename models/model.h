@@ -91,11 +91,14 @@ class Model {
   void fold_batchnorm();
   // True after fold_batchnorm().
   bool folded() const { return folded_; }
-  // Prepares the fast inference paths (on = false undoes it): convolutions that Winograd
-  // computes keep transformed filters, made on first use (only layers whose input shape
-  // makes Winograd pay, see winograd_pays), at up to 4x their weights' memory. Evaluation
-  // forwards without weight gradients use them; load() refreshes them and training mode
-  // drops them.
+  // Prepares the fast inference paths (on = false undoes it), each made on first use:
+  // convolutions that Winograd computes keep transformed filters (only layers whose input
+  // shape makes Winograd pay, see winograd_pays; up to 4x their weights' memory), the
+  // others their weights packed for the GEMM kernels (as much again as the weights;
+  // ISPLIT_PREPACK=0 turns that off), and a forward without a tape runs adaptive pool ->
+  // flatten -> linear as one smaller linear map when the pool upsamples a small input
+  // (VGG16 below 224x224). Evaluation forwards without weight gradients use them; load()
+  // refreshes them and training mode drops them.
   void pack_for_inference(bool on = true);
   // True while packed for inference.
   bool packed() const { return packed_; }

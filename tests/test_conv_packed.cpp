@@ -1,8 +1,12 @@
-// Convolutions on prepacked weights (conv2d_forward_packed and Conv2d::infer when packed):
-// the same bits as conv2d_forward followed by relu_inplace, on every path (pointwise read
-// in place, images batched for small maps, im2col bands for large ones).
+// Inference packing: convolutions on prepacked weights (conv2d_forward_packed and
+// Conv2d::infer when packed) give the same bits as conv2d_forward followed by
+// relu_inplace, on every path (pointwise read in place, images batched for small maps,
+// im2col bands for large ones); adaptive pool -> flatten -> linear folded into one linear
+// map agrees with the unfused layers up to rounding.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -13,6 +17,7 @@
 #include "engine/parallel.h"
 #include "layers/functional.h"
 #include "layers/modules.h"
+#include "models/model.h"
 
 using namespace isplit;
 
@@ -159,5 +164,71 @@ TEST_SUITE("conv_packed") {
     conv.pack_for_inference(true);
     CHECK(same_bits(packed_after, conv.infer(x, false)));
     set_gemm_prepack(true);
+  }
+
+  TEST_CASE("adaptive pool + flatten + linear folded into one map") {
+    std::mt19937 rng(12);
+    struct PoolCase {
+      int64_t n, c, h, w, oh, ow;
+    };
+    const PoolCase cases[] = {{1, 5, 1, 1, 7, 7}, {3, 5, 2, 2, 7, 7}, {2, 4, 3, 2, 7, 7},
+                              {1, 3, 2, 5, 7, 7}, {2, 6, 6, 6, 7, 7}, {1, 4, 2, 3, 3, 4}};
+    for (const PoolCase& pc : cases) {
+      Linear fc(pc.c * pc.oh * pc.ow, 11);
+      fc.weight.value = random_tensor(rng, fc.weight.value.shape());
+      fc.bias.value = random_tensor(rng, {11});
+      fc.set_training(false);
+      const Tensor x = random_tensor(rng, {pc.n, pc.c, pc.h, pc.w});
+      const Tensor pooled = adaptive_avgpool2d_forward(x, pc.oh, pc.ow);
+      const Tensor expect =
+          linear_forward(pooled.reshape({pc.n, pc.c * pc.oh * pc.ow}), fc.weight.value, &fc.bias.value);
+      CHECK_FALSE(fc.infer_after_pool(x, pc.oh, pc.ow).defined());  // not packed
+      fc.pack_for_inference(true);
+      const Tensor got = fc.infer_after_pool(x, pc.oh, pc.ow);
+      REQUIRE(got.defined());
+      REQUIRE(got.shape() == expect.shape());
+      double worst = 0.0, scale = 0.0;
+      for (int64_t i = 0; i < got.numel(); ++i) {
+        worst = std::max(worst, std::fabs(double(got[i]) - double(expect[i])));
+        scale = std::max(scale, std::fabs(double(expect[i])));
+      }
+      CHECK_MESSAGE(worst <= 1e-5 * scale, "c " << pc.c << " " << pc.h << "x" << pc.w << " error " << worst);
+      // New weights: a later pack forgets the folded ones.
+      fc.weight.value = random_tensor(rng, fc.weight.value.shape());
+      fc.pack_for_inference(true);
+      const Tensor again = fc.infer_after_pool(x, pc.oh, pc.ow);
+      const Tensor expect2 =
+          linear_forward(pooled.reshape({pc.n, pc.c * pc.oh * pc.ow}), fc.weight.value, &fc.bias.value);
+      for (int64_t i = 0; i < again.numel(); ++i)
+        CHECK(std::fabs(double(again[i]) - double(expect2[i])) <= 1e-5 * (1.0 + std::fabs(double(expect2[i]))));
+    }
+    // Not smaller than the pooled features: no fold.
+    Linear fc(4 * 49, 3);
+    fc.pack_for_inference(true);
+    CHECK_FALSE(fc.infer_after_pool(Tensor::zeros({1, 4, 7, 7}), 7, 7).defined());
+    CHECK_FALSE(fc.infer_after_pool(Tensor::zeros({1, 4, 9, 9}), 7, 7).defined());
+    CHECK_THROWS_AS(pool_linear_weight(Tensor::zeros({3, 10}), 4, 2, 2, 7, 7), Error);
+  }
+
+  TEST_CASE("VGG16 packed for inference predicts what the unpacked network does") {
+    for (int64_t size : {32, 64}) {
+      auto model = build_model("vgg16", 10, 3);
+      std::mt19937 rng(static_cast<uint32_t>(size));
+      const Tensor x = random_tensor(rng, {2, 3, size, size});
+      const Tensor plain = model->predict(x);
+      std::vector<std::string> seen;
+      model->pack_for_inference();
+      Var out = model->forward(nullptr, Var{x}, [&](const std::string& name, const Var&) { seen.push_back(name); });
+      double worst = 0.0, scale = 0.0;
+      for (int64_t i = 0; i < plain.numel(); ++i) {
+        worst = std::max(worst, std::fabs(double(out.value[i]) - double(plain[i])));
+        scale = std::max(scale, std::fabs(double(plain[i])));
+      }
+      CHECK_MESSAGE(worst <= 1e-4 * scale, "input " << size << " error " << worst << " of " << scale);
+      // Every cut point is still observed, and a head still stops where it should.
+      CHECK(seen.size() == model->cut_points().size());
+      CHECK(model->forward(nullptr, Var{x}, nullptr, "features.30").value.shape() ==
+            Shape{2, 512, size / 32, size / 32});
+    }
   }
 }
