@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "engine/gemm.h"
 #include "engine/gemm_prepacked.h"
 #include "engine/parallel.h"
 
@@ -389,21 +390,36 @@ void Linear::set_training(bool training) {
   if (training) pack_for_inference(false);
 }
 
-Tensor Linear::infer_after_pool(const Tensor& x, int64_t oh, int64_t ow) {
+Tensor Linear::folded_weight(const Tensor& x, int64_t oh, int64_t ow) {
   if (x.ndim() != 4 || x.dim(1) * oh * ow != in_ || x.dim(2) * x.dim(3) >= oh * ow) return Tensor();
   const Shape key{x.dim(1), x.dim(2), x.dim(3), oh, ow};
-  Tensor folded;
-  {
-    std::lock_guard<std::mutex> lock(pack_mutex_);
-    if (!packed_ || training_) return Tensor();
-    if (folded_for_ != key) {
-      folded_ = pool_linear_weight(weight.value, x.dim(1), x.dim(2), x.dim(3), oh, ow);
-      folded_for_ = key;
-    }
-    folded = folded_;  // shared storage: stays valid if another size replaces it
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  if (!packed_ || training_) return Tensor();
+  if (folded_for_ != key) {
+    folded_ = pool_linear_weight(weight.value, x.dim(1), x.dim(2), x.dim(3), oh, ow);
+    folded_for_ = key;
   }
+  return folded_;  // shared storage: stays valid if another size replaces it
+}
+
+Tensor Linear::infer_after_pool(const Tensor& x, int64_t oh, int64_t ow) {
+  const Tensor folded = folded_weight(x, oh, ow);
+  if (!folded.defined()) return Tensor();
   const Tensor flat = x.reshape({x.dim(0), x.dim(1) * x.dim(2) * x.dim(3)});
   return linear_forward(flat, folded, has_bias_ ? &bias.value : nullptr);
+}
+
+Var Linear::forward_after_pool(Tape* tape, const Var& x, int64_t oh, int64_t ow) {
+  if (tape && (tape->wants(weight) || (has_bias_ && tape->wants(bias)))) return Var();
+  const Tensor folded = folded_weight(x.value, oh, ow);
+  if (!folded.defined()) return Var();
+  const int64_t n = x.value.dim(0), k = folded.dim(1);
+  const Tensor y = linear_forward(x.value.reshape({n, k}), folded, has_bias_ ? &bias.value : nullptr);
+  if (!tape) return Var{y};
+  return tape->record(y, {&x}, [folded, n, k, out = out_](const Tensor& gy, std::vector<Tensor*>& gin) {
+    // d/dx of y = x W'^T + b: gx [N, C*H*W] += gy [N, out] W' [out, C*H*W].
+    if (gin[0]) gemm(false, false, n, k, out, gy.data(), out, folded.data(), k, 1.0f, gin[0]->data(), k);
+  });
 }
 
 Var Linear::forward(Tape* tape, const Var& x) {

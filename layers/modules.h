@@ -209,6 +209,10 @@ class Linear : public Module {
   // upsamples; see pool_linear_weight); returns an undefined Tensor when it is not, or
   // when the layer is not packed. Equal to the unfused path up to rounding.
   Tensor infer_after_pool(const Tensor& x, int64_t oh, int64_t ow);
+  // infer_after_pool on a tape that wants no gradient of this layer's parameters (the
+  // importance pass): the backward gives x the folded map's transpose applied to the
+  // output gradient. An undefined Var when the fold does not apply.
+  Var forward_after_pool(Tape* tape, const Var& x, int64_t oh, int64_t ow);
   Parameter weight, bias;
 
  private:
@@ -218,6 +222,8 @@ class Linear : public Module {
   std::mutex pack_mutex_;  // guards the folded weights (forwards may run concurrently)
   Shape folded_for_;       // [C, H, W, oh, ow] the folded weight was made for
   Tensor folded_;
+  // The folded weight for x's shape (made on first use), or undefined when not packed.
+  Tensor folded_weight(const Tensor& x, int64_t oh, int64_t ow);
 };
 
 class Dropout : public Module {

@@ -45,16 +45,17 @@ Var Model::forward(Tape* tape, const Var& x, const Observer& observe,
   for (size_t i = 0; i < stages_.size(); ++i) {
     Stage& s = stages_[i];
     Var pre;
-    if (!tape && packed_ && i + 2 < stages_.size() && !(stages_[i].cut && !stages_[i].hidden) &&
+    if (packed_ && i + 2 < stages_.size() && !(stages_[i].cut && !stages_[i].hidden) &&
         !(stages_[i + 1].cut && !stages_[i + 1].hidden)) {
-      // Inference: adaptive pool -> flatten -> linear as one linear map when the pool
-      // upsamples a small input (VGG16 below 224x224), whose folded weight is far smaller.
+      // Adaptive pool -> flatten -> linear as one linear map when the pool upsamples a
+      // small input (VGG16 below 224x224), whose folded weight is far smaller; with a tape
+      // only when it wants no gradient of the linear layer's parameters (importance).
       auto* pool = dynamic_cast<AdaptiveAvgPool2d*>(s.module.get());
       auto* fc = dynamic_cast<Linear*>(stages_[i + 2].module.get());
       if (pool && fc && dynamic_cast<Flatten*>(stages_[i + 1].module.get())) {
-        Tensor y = fc->infer_after_pool(v.value, pool->out_h(), pool->out_w());
-        if (y.defined()) {
-          v = Var{y};
+        Var y = fc->forward_after_pool(tape, v, pool->out_h(), pool->out_w());
+        if (y.value.defined()) {
+          v = y;
           i += 2;
           Stage& last = stages_[i];
           if (last.cut && !last.hidden) {

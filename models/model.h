@@ -95,9 +95,9 @@ class Model {
   // convolutions that Winograd computes keep transformed filters (only layers whose input
   // shape makes Winograd pay, see winograd_pays; up to 4x their weights' memory), the
   // others their weights packed for the GEMM kernels (as much again as the weights;
-  // ISPLIT_PREPACK=0 turns that off), and a forward without a tape runs adaptive pool ->
-  // flatten -> linear as one smaller linear map when the pool upsamples a small input
-  // (VGG16 below 224x224). Evaluation forwards without weight gradients use them; load()
+  // ISPLIT_PREPACK=0 turns that off), and a forward that wants no gradient of the
+  // classifier's weights runs adaptive pool -> flatten -> linear as one smaller linear map
+  // when the pool upsamples a small input (VGG16 below 224x224). Evaluation forwards without weight gradients use them; load()
   // refreshes them and training mode drops them.
   void pack_for_inference(bool on = true);
   // True while packed for inference.
