@@ -15,43 +15,10 @@
 #include "engine/safetensors.h"
 #include "models/memory.h"
 #include "models/model.h"
+#include "tests/model_util.h"
 
 using namespace isplit;
-
-namespace {
-
-Tensor random_tensor(const Shape& shape, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  Tensor t = Tensor::empty(shape);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = dist(rng);
-  return t;
-}
-
-// Gives BatchNorm non-trivial statistics so that folding has something to fold.
-void randomise_batchnorm(Model& m) {
-  std::mt19937_64 rng(3);
-  std::uniform_real_distribution<float> u(0.5f, 1.5f);
-  for (auto& [name, p] : m.named_parameters()) {
-    if (name.find("bn") == std::string::npos && name.find("downsample.1") == std::string::npos)
-      continue;
-    for (int64_t i = 0; i < p->value.numel(); ++i)
-      p->value[i] = name.find("running_mean") != std::string::npos || name.find("bias") != std::string::npos
-                        ? u(rng) - 1.0f
-                        : u(rng);
-  }
-}
-
-double max_rel(const Tensor& a, const Tensor& b) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    num = std::max(num, double(std::fabs(a[i] - b[i])));
-    den = std::max(den, double(std::fabs(b[i])));
-  }
-  return num / den;
-}
-
-}  // namespace
+using namespace isplit::testing;
 
 TEST_SUITE("models") {
   TEST_CASE("torchvision parameter names and counts") {

@@ -7,6 +7,10 @@ packages=(build-essential cmake ninja-build pkg-config
           # AArch64 cross build and its tests under emulation (docs/arm.md); zlib for the
           # target comes from Debian's multiarch arm64 packages.
           g++-aarch64-linux-gnu qemu-user-static zlib1g-dev:arm64)
+# The optional oneDNN inference backend (`--backend onednn`) is built on x86-64 only.
+if [ "$(dpkg --print-architecture)" = amd64 ]; then
+  packages+=(libdnnl-dev)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
