@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "apps/backend.h"
 #include "engine/cpu.h"
 #include "engine/gemm_prepacked.h"
 #include "engine/parallel.h"
@@ -42,10 +43,16 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   cmd->add_option("--winograd", a.winograd, "3x3 convolutions by Winograd: on, off or auto (default: ISPLIT_WINOGRAD, else auto)");
   cmd->add_option("--prepack", a.prepack, "GEMM weights packed once for inference: on or off (default: ISPLIT_PREPACK, else on)")
       ->check(CLI::IsMember({"on", "off"}));
+  add_backend_option(cmd, a.backend);
   return cmd;
 }
 
 int run_bench(const BenchArgs& a) {
+  const bool onednn = a.backend == "onednn";
+  if (onednn && a.mode != "forward") {
+    std::cerr << "isplit: bench: --backend onednn times only --mode forward (not " << a.mode << ")\n";
+    return 2;
+  }
   set_num_threads(a.threads);
   if (!a.winograd.empty()) set_winograd_mode(parse_winograd_mode(a.winograd, "--winograd"));
   if (!a.prepack.empty()) set_gemm_prepack(a.prepack == "on");
@@ -62,7 +69,10 @@ int run_bench(const BenchArgs& a) {
   for (int64_t i = 0; i < B; ++i) labels[static_cast<size_t>(i)] = static_cast<int>(i % classes);
 
   std::unique_ptr<Optimizer> opt;
-  if (a.mode == "forward") {
+  InferenceRunner infer(*model, a.backend);
+  if (onednn) {
+    infer.prepare(x.shape());  // BatchNorm folded and weights reordered here, untimed
+  } else if (a.mode == "forward") {
     model->fold_batchnorm();
     model->pack_for_inference();
   } else if (a.mode == "importance") {
@@ -75,7 +85,7 @@ int run_bench(const BenchArgs& a) {
   }
   auto pass = [&] {
     if (a.mode == "forward") {
-      (void)model->predict(x);
+      (void)infer(x);
     } else if (a.mode == "importance") {
       Tape tape = Tape::activations_only();
       Var out = model->forward(&tape, tape.input(x));
@@ -107,12 +117,17 @@ int run_bench(const BenchArgs& a) {
     nlohmann::ordered_json j;
     j["model"] = a.model;
     j["mode"] = a.mode;
+    j["backend"] = a.backend;
     j["input_size"] = a.input_size;
     j["batch"] = a.batch;
     j["threads"] = num_threads();
-    j["isa"] = isa_name(active_isa());
-    j["winograd"] = winograd_mode() == WinogradMode::Off ? "off" : winograd_mode() == WinogradMode::On ? "on" : "auto";
-    j["prepack"] = gemm_prepack_enabled() ? "on" : "off";
+    if (onednn) {
+      j["onednn_version"] = onednn_version_text();
+    } else {
+      j["isa"] = isa_name(active_isa());
+      j["winograd"] = winograd_mode() == WinogradMode::Off ? "off" : winograd_mode() == WinogradMode::On ? "on" : "auto";
+      j["prepack"] = gemm_prepack_enabled() ? "on" : "off";
+    }
     j["iters"] = a.iters;
     j["median_ms"] = median;
     j["min_ms"] = sorted.front();
@@ -130,7 +145,7 @@ int run_bench(const BenchArgs& a) {
               "peak RSS %.1f MB (weights %.1f MB); tensors %.1f MB between passes, peak %.1f MB "
               "(+%.1f MB during a pass)\n",
               a.model.c_str(), a.mode.c_str(), a.input_size, a.input_size, a.batch, num_threads(),
-              isa_name(active_isa()).c_str(), median, sorted.front(), sorted.back(),
+              onednn ? ("oneDNN " + onednn_version_text()).c_str() : isa_name(active_isa()).c_str(), median, sorted.front(), sorted.back(),
               median > 0 ? 1000.0 * B / median : 0.0, peak / 1e6, weights / 1e6, resident / 1e6,
               tensor_peak / 1e6, (static_cast<double>(tensor_peak) - resident) / 1e6);
   return 0;

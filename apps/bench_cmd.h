@@ -19,6 +19,7 @@ struct BenchArgs {
   bool json = false;
   std::string winograd;  // "": ISPLIT_WINOGRAD or auto; else 0/off, 1/on, auto
   std::string prepack;   // "": ISPLIT_PREPACK or on; else on/off
+  std::string backend = "native";  // native | onednn (forward only)
 };
 
 // Registers `bench` on app with its options bound to args.

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "apps/analyze.h"
+#include "apps/backend.h"
 #include "apps/bench_cmd.h"
 #include "apps/train_cmd.h"
 #include "data/image.h"
@@ -154,7 +155,8 @@ int run_info(const Common& c, bool all, bool json, const std::string& cut, int b
 
 int run_predict(const Common& c, const std::string& weights, const std::string& mean,
                 const std::string& stdev, int topk, const std::string& logits_csv,
-                const std::string& labels_path, const std::vector<std::string>& images) {
+                const std::string& labels_path, const std::string& backend,
+                const std::vector<std::string>& images) {
   Normalize norm;
   if (!mean.empty()) parse_triple(mean, "--mean", norm.mean);
   if (!stdev.empty()) parse_triple(stdev, "--std", norm.std);
@@ -167,8 +169,11 @@ int run_predict(const Common& c, const std::string& weights, const std::string& 
     for (std::string line; std::getline(f, line);) labels.push_back(line);
   }
   auto model = load_model(c.model, weights, c.num_classes);
-  model->fold_batchnorm();
-  model->pack_for_inference();
+  InferenceRunner infer(*model, backend);
+  if (backend == "native") {
+    model->fold_batchnorm();
+    model->pack_for_inference();
+  }
   const int64_t classes = model->num_classes();
   if (!labels.empty() && static_cast<int64_t>(labels.size()) != classes)
     throw Error(labels_path + ": " + std::to_string(labels.size()) + " labels for " +
@@ -180,7 +185,7 @@ int run_predict(const Common& c, const std::string& weights, const std::string& 
   const int k = static_cast<int>(std::min<int64_t>(topk, classes));
   for (const std::string& path : images) {
     Tensor x = stack_images({load_image_tensor(path, c.input_size, norm)});
-    Tensor logits = model->predict(x);
+    Tensor logits = infer(x);
     std::vector<int64_t> order(classes);
     std::iota(order.begin(), order.end(), 0);
     std::partial_sort(order.begin(), order.begin() + k, order.end(),
@@ -243,6 +248,8 @@ int main(int argc, char** argv) {
   predict->add_option("--topk", topk, "classes to print per image")->check(CLI::Range(1, 100000));
   predict->add_option("--logits", logits_csv, "write file,logit_0,...,logit_{N-1} to this CSV");
   predict->add_option("--labels", labels, "class names, one per line");
+  std::string pred_backend = "native";
+  add_backend_option(predict, pred_backend);
   predict->add_option("images", images, "image files (PNG, JPEG, BMP, ...)")->required();
 
   AnalyzeArgs an;
@@ -309,7 +316,8 @@ int main(int argc, char** argv) {
     if (*bench) return run_bench(bench_args);
     if (*predict) {
       set_num_threads(pred_opts.threads);
-      return run_predict(pred_opts, weights, mean, stdev, topk, logits_csv, labels, images);
+      return run_predict(pred_opts, weights, mean, stdev, topk, logits_csv, labels, pred_backend,
+                         images);
     }
   } catch (const std::exception& e) {
     std::cerr << "isplit: " << e.what() << "\n";

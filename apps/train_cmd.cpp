@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "apps/analyze.h"
+#include "apps/backend.h"
 #include "apps/progress.h"
 #include "engine/parallel.h"
 #include "engine/safetensors.h"
@@ -91,6 +92,7 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   cmd->add_flag("--json", a.json, "print one JSON object (top1, top5 as fractions, per-class accuracy)");
   cmd->add_option("--threads", a.threads, "worker threads (default: all cores)")->check(CLI::Range(0, 1024));
   cmd->add_option("--decode-threads", a.decode_threads, "image decoding threads (default: cores)")->check(CLI::Range(0, 64));
+  add_backend_option(cmd, a.backend);
   return cmd;
 }
 
@@ -163,12 +165,14 @@ int run_train(TrainArgs& a) {
 int run_eval(const EvalArgs& a) {
   set_num_threads(a.threads);
   auto model = load_model(a.model, a.weights, a.num_classes);
-  model->pack_for_inference();
+  InferenceRunner infer(*model, a.backend);
+  if (a.backend == "native") model->pack_for_inference();
   auto data = a.split.empty() ? open_dataset_default_split(a.data, "val") : open_dataset(a.data, a.split);
   EvalOptions o;
   o.input_size = a.input_size;
   o.batch_size = a.batch;
   o.decode_threads = a.decode_threads;
+  if (a.backend != "native") o.forward = [&infer](const Tensor& x) { return infer(x); };
   if (!a.mean.empty()) parse_triple(a.mean, "--mean", o.norm.mean);
   if (!a.stdev.empty()) parse_triple(a.stdev, "--std", o.norm.std);
   const auto indices = select_indices(*data, {}, static_cast<size_t>(a.limit));
@@ -185,6 +189,7 @@ int run_eval(const EvalArgs& a) {
     nlohmann::ordered_json j;
     j["model"] = a.model;
     j["weights"] = a.weights;
+    j["backend"] = a.backend;
     j["data"] = a.data;
     j["images"] = r.count;
     j["skipped"] = r.skipped;

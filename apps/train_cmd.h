@@ -25,6 +25,7 @@ struct EvalArgs {
   long limit = 0;
   bool json = false;
   int threads = 0, decode_threads = 0;
+  std::string backend = "native";  // native | onednn
 };
 
 // Registers `train` on app with its options bound to args.

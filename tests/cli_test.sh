@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # End-to-end tests of the isplit program: exit codes, messages, and `predict` against
-# PyTorch on the same weights and image.  Usage: cli_test.sh ISPLIT FIXTURE_DIR
+# PyTorch on the same weights and image.  Usage: cli_test.sh ISPLIT FIXTURE_DIR [BACKENDS]
+# BACKENDS is "onednn" when the program was built with the oneDNN backend (CMake says so).
 set -u
 ISPLIT=$1
 FIXTURES=$2
+BACKENDS=${3:-native-only}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 PY=/usr/bin/python3
 source "$(dirname "$0")/harness.sh"
@@ -144,10 +146,47 @@ import json; d = json.load(open('$WORK/out'))
 assert d['mode'] == 'forward' and d['iters'] == 2 and len(d['times_ms']) == 2, d
 assert 0 < d['min_ms'] <= d['median_ms'] <= d['max_ms'], d
 assert d['weights_bytes'] == 25557032 * 4 and d['peak_rss_bytes'] > d['weights_bytes'], d
+assert d['backend'] == 'native', d
 " && ok || bad "bench --json"
 expect 0 "" -- "$ISPLIT" bench --model resnet50 --mode train --input-size 32 --batch 2 --iters 1 --warmup 0
 grep -q "images/s" "$WORK/out" && ok || bad "bench prints no images/s"
 expect 1 "at least 2" -- "$ISPLIT" bench --model resnet50 --mode train --batch 1
 expect 2 "" -- "$ISPLIT" bench --model resnet50 --mode backward
+expect 2 "" -- "$ISPLIT" bench --model resnet50 --backend cuda
+
+# --- the oneDNN backend: bench, predict against PyTorch, eval against the native backend
+if [ "$BACKENDS" = onednn ]; then
+  expect 0 "" -- "$ISPLIT" bench --model vgg16 --input-size 32 --iters 2 --warmup 0 --backend onednn --json
+  $PY -c "
+import json; d = json.load(open('$WORK/out'))
+assert d['backend'] == 'onednn' and d['mode'] == 'forward' and len(d['times_ms']) == 2, d
+assert 0 < d['min_ms'] <= d['median_ms'] <= d['max_ms'] and d['onednn_version'].startswith('2.'), d
+" && ok || bad "bench --backend onednn --json"
+  expect 0 "" -- "$ISPLIT" bench --model resnet50 --input-size 32 --iters 1 --warmup 0 --backend onednn
+  grep -q "oneDNN" "$WORK/out" && ok || bad "bench --backend onednn does not say oneDNN"
+  expect 2 "forward" -- "$ISPLIT" bench --model resnet50 --mode importance --backend onednn
+  expect 2 "forward" -- "$ISPLIT" bench --model resnet50 --mode train --batch 2 --backend onednn
+  expect 0 "" -- "$ISPLIT" predict --model resnet50 --weights "$W" --input-size 64 --backend onednn \
+    --logits "$WORK/onednn.csv" "$IMG"
+  $PY "$SRC/tools/compare_logits.py" "$WORK/onednn.csv" "$WORK/torch.csv" 1e-4 && ok || bad "oneDNN logits differ from PyTorch"
+  if [ -f "$FM" ]; then
+    # 70 images in batches of 32: the last batch (6) is padded for the oneDNN network.
+    E="$ISPLIT eval --model resnet50 --weights $W --data $FM --input-size 32 --limit 70 --batch 32 --json"
+    expect 0 "" -- $E
+    cp "$WORK/out" "$WORK/eval_native.json"
+    expect 0 "" -- $E --backend onednn
+    $PY - "$WORK/eval_native.json" "$WORK/out" <<'PYEOF' && ok || bad "eval --backend onednn differs from native"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+assert a['backend'] == 'native' and b['backend'] == 'onednn', (a['backend'], b['backend'])
+assert a['images'] == b['images'] == 70, (a['images'], b['images'])
+assert abs(a['loss'] - b['loss']) <= 1e-4 * max(1.0, abs(a['loss'])), (a['loss'], b['loss'])
+assert abs(a['top1'] - b['top1']) <= 1 / 70 and abs(a['top5'] - b['top5']) <= 1 / 70, (a, b)
+PYEOF
+  fi
+else
+  expect 2 "without oneDNN" -- "$ISPLIT" bench --model resnet50 --backend onednn
+  expect 2 "without oneDNN" -- "$ISPLIT" predict --model resnet50 --weights "$W" --backend onednn "$IMG"
+fi
 
 summary

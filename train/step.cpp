@@ -81,7 +81,7 @@ EvalResult evaluate(Model& model, const Dataset& data, const std::vector<size_t>
   int64_t hit1 = 0, hit5 = 0;
   Batch batch;
   while (loader.next(batch)) {
-    const Tensor logits = model.predict(batch.images);
+    const Tensor logits = options.forward ? options.forward(batch.images) : model.predict(batch.images);
     for (size_t n = 0; n < batch.labels.size(); ++n) {
       const float* row = logits.data() + static_cast<int64_t>(n) * C;
       const int label = batch.labels[n];

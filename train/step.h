@@ -50,6 +50,9 @@ struct EvalOptions {
   int decode_threads = 0;
   // Called after each batch with (images done, images total).
   std::function<void(int64_t, int64_t)> progress;
+  // Logits [N, classes] of a batch of images; empty: model.predict (another backend may
+  // compute them from the model's weights).
+  std::function<Tensor(const Tensor&)> forward;
 };
 
 // Evaluates `model` (switched to evaluation mode) on `indices` of `data`. Throws Error when
