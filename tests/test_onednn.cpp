@@ -1,6 +1,6 @@
 // The oneDNN backend (models/onednn/, built with ISPLIT_HAVE_ONEDNN) against the native
 // engine: same logits for both models, folded or not, at two input sizes and two batch
-// sizes; its errors for heads, other architectures and bad shapes.
+// sizes; heads up to a cut point; its errors for other architectures and bad shapes.
 #ifdef ISPLIT_HAVE_ONEDNN
 #include <doctest/doctest.h>
 
@@ -81,9 +81,31 @@ TEST_SUITE("onednn") {
     CHECK(max_rel(again, two) == 0.0);
   }
 
-  TEST_CASE("clear errors: heads, other architectures, missing weights, bad shapes") {
-    auto head = build_model("resnet50", 10, 1, "layer1.0");
-    CHECK_THROWS_WITH_AS(OnednnNet(*head, {1, 3, 32, 32}), doctest::Contains("head ending at 'layer1.0'"), Error);
+  TEST_CASE("heads: the cut point's output, before or after a fused ReLU, folded or not") {
+    const std::vector<std::pair<std::string, std::string>> cuts = {
+        {"resnet50", "conv1"}, {"resnet50", "bn1"}, {"resnet50", "relu"}, {"resnet50", "maxpool"},
+        {"resnet50", "layer2.0"}, {"vgg16", "features.0"}, {"vgg16", "features.1"},
+        {"vgg16", "features.4"}, {"vgg16", "features.30"}};
+    const Tensor x = random_tensor({2, 3, 48, 48}, 14);
+    for (const auto& [arch, cut] : cuts) {
+      auto head = build_model(arch, 10, 15, cut);
+      randomise_batchnorm(*head);
+      const Tensor ref = head->forward(nullptr, Var{x}, nullptr, cut).value;
+      OnednnNet net(*head, x.shape());
+      CHECK(net.output_shape() == ref.shape());
+      const Tensor y = net.forward(x);
+      REQUIRE(y.shape() == ref.shape());
+      CHECK_MESSAGE(max_rel(y, ref) < 1e-4, arch << " head to " << cut << ": " << max_rel(y, ref));
+      head->fold_batchnorm();
+      if (head->has_cut_point(cut)) {
+        CHECK(max_rel(OnednnNet(*head, x.shape()).forward(x), ref) < 1e-4);
+      } else {  // conv1, bn1, features.0: their values are gone once the ReLU is fused
+        CHECK_THROWS_WITH_AS(OnednnNet(*head, x.shape()), doctest::Contains("folded away"), Error);
+      }
+    }
+  }
+
+  TEST_CASE("clear errors: other architectures, missing weights, bad shapes") {
     BareModel alexnet("alexnet");
     CHECK_THROWS_WITH_AS(OnednnNet(alexnet, {1, 3, 32, 32}), doctest::Contains("'alexnet' is not supported"), Error);
     BareModel empty("resnet50");

@@ -54,9 +54,9 @@ struct Pipeline {
   dnnl::stream strm{eng};
   std::vector<Step> steps;
   memory input;           // plain NCHW, owned; forward copies the caller's tensor here
-  memory output;          // the classifier's output, in oneDNN's layout
-  memory logits;          // plain [N, classes] over the caller's tensor (handle set per pass)
-  dnnl::reorder to_logits;
+  memory output;          // the last layer's output, in oneDNN's layout
+  memory result;          // the same, plain (NC or NCHW), over the caller's tensor (set per pass)
+  dnnl::reorder to_result;
   Shape in_shape, out_shape;
   int reorders = 0;
 
@@ -270,18 +270,23 @@ class Builder {
 };
 
 // torchvision's vgg16(): 13 convolutions with ReLU, 5 max pools, AdaptiveAvgPool2d(7) and
-// three fully connected layers (the Dropouts are identities in inference).
-memory build_vgg16(Builder& b, memory y, int64_t classes) {
+// three fully connected layers (the Dropouts are identities in inference); with a cut point
+// `stop`, only the head up to its output.
+memory build_vgg16(Builder& b, memory y, int64_t classes, const std::string& stop) {
   const int64_t cfg[] = {64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0};
   int index = 0;
   for (int64_t c : cfg) {
     const std::string name = "features." + std::to_string(index);
     if (c == 0) {
       y = b.pool(y, name, true, 2, 2, 2, 0);
+      if (name == stop) return y;
       index += 1;
     } else {
-      y = b.conv(y, name, "", c, 3, 1, 1, true);
-      index += 2;  // the ReLU after it is a post-op
+      // The ReLU after the convolution is a post-op, except when the cut is the
+      // convolution's own output.
+      y = b.conv(y, name, "", c, 3, 1, 1, name != stop);
+      if (name == stop || "features." + std::to_string(index + 1) == stop) return y;
+      index += 2;
     }
   }
   y = b.adaptive_avg_pool(y, "avgpool", 7);
@@ -290,10 +295,14 @@ memory build_vgg16(Builder& b, memory y, int64_t classes) {
   return b.linear(y, "classifier.6", classes, false);
 }
 
-// torchvision's resnet50() (v1.5: the stride sits on the 3x3 convolution of a bottleneck).
-memory build_resnet50(Builder& b, memory y, int64_t classes) {
-  y = b.conv(y, "conv1", "bn1", 64, 7, 2, 3, true);
+// torchvision's resnet50() (v1.5: the stride sits on the 3x3 convolution of a bottleneck);
+// with a cut point `stop`, only the head up to its output.
+memory build_resnet50(Builder& b, memory y, int64_t classes, const std::string& stop) {
+  // A cut at conv1 sees the bare convolution, at bn1 the normalised values before the ReLU.
+  y = b.conv(y, "conv1", stop == "conv1" ? "" : "bn1", 64, 7, 2, 3, stop != "conv1" && stop != "bn1");
+  if (stop == "conv1" || stop == "bn1" || stop == "relu") return y;
   y = b.pool(y, "maxpool", true, 3, 3, 2, 1);
+  if (stop == "maxpool") return y;
   const int blocks[] = {3, 4, 6, 3};
   for (int stage = 0; stage < 4; ++stage) {
     const int64_t width = int64_t(64) << stage;
@@ -305,6 +314,7 @@ memory build_resnet50(Builder& b, memory y, int64_t classes) {
       memory t = b.conv(y, p + ".conv1", p + ".bn1", width, 1, 1, 0, true);
       t = b.conv(t, p + ".conv2", p + ".bn2", width, 3, stride, 1, true);
       y = b.conv(t, p + ".conv3", p + ".bn3", width * 4, 1, 1, 0, true, &shortcut);
+      if (p == stop) return y;
     }
   }
   const memory::dims d = y.get_desc().dims();
@@ -325,22 +335,23 @@ OnednnNet::OnednnNet(Model& model, const Shape& input) : impl_(std::make_unique<
   const std::string& arch = model.arch();
   if (arch != "vgg16" && arch != "resnet50")
     throw Error("OnednnNet: architecture '" + arch + "' is not supported (vgg16 or resnet50)");
-  if (!model.head_cut().empty())
-    throw Error("OnednnNet: the model is a head ending at '" + model.head_cut() +
-                "'; the oneDNN backend runs whole networks only");
+  const std::string& cut = model.head_cut();
+  if (!cut.empty() && !model.has_cut_point(cut))
+    throw Error("OnednnNet: the head's cut point '" + cut + "' was folded away (fold_batchnorm)");
   if (input.size() != 4 || input[0] < 1 || input[1] != 3 || input[2] < 1 || input[3] < 1)
     throw Error("OnednnNet: input shape " + shape_str(input) + " is not [N, 3, H, W]");
   Impl& net = *impl_;
   net.in_shape = input;
-  net.out_shape = {input[0], model.num_classes()};
   use_engine_threads();
   Builder builder(net, model);
   try {
     net.input = memory(memory::desc(to_dims(input), dt::f32, tag::nchw), net.eng);
-    net.output = arch == "vgg16" ? build_vgg16(builder, net.input, model.num_classes())
-                                 : build_resnet50(builder, net.input, model.num_classes());
-    net.logits = memory(memory::desc(to_dims(net.out_shape), dt::f32, tag::nc), net.eng, DNNL_MEMORY_NONE);
-    net.to_logits = dnnl::reorder(net.output, net.logits);
+    net.output = arch == "vgg16" ? build_vgg16(builder, net.input, model.num_classes(), cut)
+                                 : build_resnet50(builder, net.input, model.num_classes(), cut);
+    const memory::dims od = net.output.get_desc().dims();
+    net.out_shape.assign(od.begin(), od.end());
+    net.result = memory(memory::desc(od, dt::f32, od.size() == 4 ? tag::nchw : tag::nc), net.eng, DNNL_MEMORY_NONE);
+    net.to_result = dnnl::reorder(net.output, net.result);
   } catch (const dnnl::error& e) {
     throw Error("OnednnNet: " + describe(e) + " while building " + builder.layer());
   }
@@ -360,10 +371,10 @@ Tensor OnednnNet::forward(const Tensor& x) {
   try {
     std::memcpy(net.input.get_data_handle(), x.data(), x.bytes());
     net.run();
-    net.logits.set_data_handle(y.data());
-    net.to_logits.execute(net.strm, net.output, net.logits);
+    net.result.set_data_handle(y.data());
+    net.to_result.execute(net.strm, net.output, net.result);
     net.strm.wait();
-    net.logits.set_data_handle(DNNL_MEMORY_NONE);
+    net.result.set_data_handle(DNNL_MEMORY_NONE);
   } catch (const dnnl::error& e) {
     throw Error("OnednnNet::forward: " + describe(e));
   }
