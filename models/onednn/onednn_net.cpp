@@ -87,7 +87,7 @@ class Builder {
   const std::string& layer() const { return layer_; }
 
   // Convolution k x k (stride, pad) with the BatchNorm `bn` folded in ("" for none), then
-  // the residual added (when given) and a ReLU (when relu, always after a residual).
+  // the residual added (when given) and a ReLU (when relu; a residual add always has one).
   memory conv(const memory& src, const std::string& name, const std::string& bn, int64_t oc,
               int64_t k, int64_t stride, int64_t pad, bool relu, const memory* residual = nullptr) {
     layer_ = name;
