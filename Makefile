@@ -104,7 +104,7 @@ comma := ,
 ARM_TCE := batch size*shards*,relu-grad pre*,report outputs,train: steady-state*,\
   train: dropout masks*,train: labels must fit*,grad: a small network*,grad: a smooth network*,\
   grad: MaxPool2d*,grad: Add (two inputs*,augment: offsets cover*,export_torchvision.py*,\
-  every F16 and BF16 bit pattern*,tools/safetensors_io.py*
+  every F16 and BF16 bit pattern*,tools/safetensors_io.py*,VGG16 packed for inference*
 
 $(ARM_WEIGHTS): tools/export_torchvision.py tools/safetensors_io.py | deps
 	mkdir -p $(BUILD_ARM)
