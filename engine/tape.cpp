@@ -31,14 +31,21 @@ bool Tape::needs_grad(const Var& v) const {
   return v.id >= 0 && v.id < static_cast<int>(requires_.size()) && requires_[v.id];
 }
 
+bool claim_fresh(Tensor& g, const Shape& shape) {
+  if (g.defined()) return false;
+  g = Tensor::empty(shape);
+  return true;
+}
+
 Var Tape::record(const Tensor& out, const std::vector<const Var*>& inputs, BackwardFn fn,
-                 bool trainable) {
+                 bool trainable, bool writes_fresh) {
   bool req = all_activations_ || (trainable && param_grads_);
   for (const Var* in : inputs) req = req || needs_grad(*in);
   if (!req) return Var{out, -1};
   Node node;
   for (const Var* in : inputs) node.inputs.push_back(in->id);
   node.fn = std::move(fn);
+  node.writes_fresh = writes_fresh;
   node.output = new_var(out.shape(), true, static_cast<int>(nodes_.size()));
   nodes_.push_back(std::move(node));
   return Var{out, nodes_.back().output};
@@ -59,10 +66,20 @@ void Tape::backward(const Var& root, const Tensor& seed) {
     for (size_t i = 0; i < node.inputs.size(); ++i) {
       int id = node.inputs[i];
       if (id < 0 || !requires_[id]) continue;
-      if (!grads_[id].defined()) grads_[id] = Tensor::zeros(shapes_[id]);
+      if (!grads_[id].defined() && !node.writes_fresh) grads_[id] = Tensor::zeros(shapes_[id]);
       gin[i] = &grads_[id];
     }
     node.fn(gout, gin);
+    if (node.writes_fresh)
+      for (size_t i = 0; i < node.inputs.size(); ++i) {
+        if (!gin[i]) continue;
+        const Shape& want = shapes_[node.inputs[i]];
+        if (!gin[i]->defined())
+          *gin[i] = Tensor::zeros(want);  // a node that wrote nothing left zeros
+        else if (gin[i]->shape() != want)
+          throw Error("backward: a node claimed a gradient of shape " +
+                      shape_str(gin[i]->shape()) + " for an input of shape " + shape_str(want));
+      }
   }
 }
 

@@ -36,8 +36,15 @@ struct Parameter {
 };
 
 // Backward of one node: given dL/dout, add dL/dinput_i into *gin[i] for every non-null
-// gin[i] (null when that input needs no gradient). Buffers arrive zeroed.
+// gin[i] (null when that input needs no gradient). Buffers arrive zeroed, except for a
+// node recorded with writes_fresh: there *gin[i] is still unset when no gradient has
+// reached that input yet, and the node claims it (see claim_fresh) and writes.
 using BackwardFn = std::function<void(const Tensor& gout, std::vector<Tensor*>& gin)>;
+
+// In a writes_fresh backward: when g is still unset, makes it an uninitialised tensor of
+// the given shape and returns true (write the gradient); false: g holds gradient already
+// (add to it).
+bool claim_fresh(Tensor& g, const Shape& shape);
 
 class Tape {
  public:
@@ -58,9 +65,10 @@ class Tape {
   Var input(const Tensor& value, bool requires_grad = false);
   // Records an op's output. Its output needs a gradient when an input does, when the
   // op has parameters whose gradient is wanted (trainable), or on an all_activations
-  // tape; otherwise the output is returned unrecorded and fn is dropped.
+  // tape; otherwise the output is returned unrecorded and fn is dropped. writes_fresh: fn
+  // handles unset input gradients (see BackwardFn), saving the zero fill.
   Var record(const Tensor& out, const std::vector<const Var*>& inputs, BackwardFn fn,
-             bool trainable = false);
+             bool trainable = false, bool writes_fresh = false);
   // True when v is recorded and will receive a gradient.
   bool needs_grad(const Var& v) const;
 
@@ -78,6 +86,7 @@ class Tape {
     std::vector<int> inputs;
     int output;
     BackwardFn fn;
+    bool writes_fresh;
   };
   bool param_grads_;
   bool all_activations_;

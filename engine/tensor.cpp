@@ -206,6 +206,10 @@ Tensor Tensor::clone() const {
   return t;
 }
 
+void Tensor::zero() {
+  if (numel_) std::memset(data_, 0, bytes());  // all-zero bits are +0.0f
+}
+
 void Tensor::fill(float value) {
   for (int64_t i = 0; i < numel_; ++i) data_[i] = value;
 }

@@ -58,7 +58,7 @@ class Tensor {
   // Sets every element to value.
   void fill(float value);
   // Sets every element to zero.
-  void zero() { fill(0.0f); }
+  void zero();
   // Copies the elements of src (same numel) into this tensor.
   void copy_from(const Tensor& src);
   // True when both tensors share the same storage.

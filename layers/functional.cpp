@@ -391,7 +391,8 @@ Tensor conv2d_forward_naive(const Tensor& x, const Tensor& w, const Tensor* b,
   return y;
 }
 
-void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s, Tensor& gx) {
+void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s, Tensor& gx,
+                          bool accumulate) {
   require4(gx, "conv2d backward");
   const int64_t n = gx.dim(0), h = gx.dim(2), wd = gx.dim(3);
   const Shape os = conv2d_out_shape(gx.shape(), s);
@@ -401,6 +402,9 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s
   const int64_t k = cin_g * s.kh * s.kw;
   const bool direct = is_pointwise(s);
   const int64_t nb = images_per_chunk(n, hw, g);
+  // Overlapping windows add up in col2im: those start from zeros.
+  if (!accumulate && !direct) gx.zero();
+  accumulate = accumulate || !direct;
   if (nb > 0) {
     Tensor gys = Tensor::empty({s.out_channels * nb * hw}), gcol = Tensor::empty({k * nb * hw});
     for (int64_t img0 = 0; img0 < n; img0 += nb) {
@@ -409,7 +413,7 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s
       gemm(true, false, k, m * hw, s.out_channels, w.data(), k, gys.data(), m * hw, 0.0f,
            gcol.data(), m * hw);
       if (direct)
-        scatter_images(gcol.data(), img0, m, nullptr, /*accumulate=*/true, gx);
+        scatter_images(gcol.data(), img0, m, nullptr, accumulate, gx);
       else
         col2im_add_batch(gcol.data(), img0, m, oh, ow, s, gx);
     }
@@ -422,7 +426,7 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s
       float* gxg = gx.data() + (img * s.in_channels + gi * cin_g) * h * wd;
       const float* wg = w.data() + gi * cout_g * k;
       if (direct) {
-        gemm(true, false, k, hw, cout_g, wg, k, gyg, hw, 1.0f, gxg, hw);
+        gemm(true, false, k, hw, cout_g, wg, k, gyg, hw, accumulate ? 1.0f : 0.0f, gxg, hw);
       } else {
         gemm(true, false, k, hw, cout_g, wg, k, gyg, hw, 0.0f, col.data(), hw);
         col2im_add(col.data(), cin_g, h, wd, oh, ow, s, gxg);
@@ -431,7 +435,7 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s
 }
 
 void conv2d_backward_data_packed(const Tensor& gy, const PackedMatrix& wt, const Conv2dSpec& s,
-                                 Tensor& gx) {
+                                 Tensor& gx, bool accumulate) {
   require4(gx, "conv2d backward");
   if (s.groups != 1) throw Error("conv2d_backward_data_packed: grouped convolutions are not packed");
   const int64_t n = gx.dim(0), h = gx.dim(2), wd = gx.dim(3);
@@ -445,6 +449,13 @@ void conv2d_backward_data_packed(const Tensor& gy, const PackedMatrix& wt, const
                 std::to_string(s.out_channels));
   const bool direct = is_pointwise(s);
   const int64_t nb = images_per_chunk(n, hw, 1);
+  if (!accumulate && !direct) gx.zero();  // col2im adds overlapping windows up
+  accumulate = accumulate || !direct;
+  if (direct && n == 1 && !accumulate) {
+    // One image written, not added: the product's rows are gx's channels.
+    gemm_prepacked(wt, false, hw, gy.data(), hw, 0.0f, gx.data(), hw);
+    return;
+  }
   if (nb > 0) {
     // As conv2d_backward_data; a single image's gradient rows are gy itself.
     Tensor gys = Tensor::empty({n == 1 ? 0 : s.out_channels * nb * hw});
@@ -458,7 +469,7 @@ void conv2d_backward_data_packed(const Tensor& gy, const PackedMatrix& wt, const
       }
       gemm_prepacked(wt, false, m * hw, bmat, m * hw, 0.0f, gcol.data(), m * hw);
       if (direct)
-        scatter_images(gcol.data(), img0, m, nullptr, /*accumulate=*/true, gx);
+        scatter_images(gcol.data(), img0, m, nullptr, accumulate, gx);
       else
         col2im_add_batch(gcol.data(), img0, m, oh, ow, s, gx);
     }
@@ -469,7 +480,7 @@ void conv2d_backward_data_packed(const Tensor& gy, const PackedMatrix& wt, const
     const float* gyi = gy.data() + img * s.out_channels * hw;
     float* gxi = gx.data() + img * s.in_channels * h * wd;
     if (direct) {
-      gemm_prepacked(wt, false, hw, gyi, hw, 1.0f, gxi, hw);
+      gemm_prepacked(wt, false, hw, gyi, hw, accumulate ? 1.0f : 0.0f, gxi, hw);
     } else {
       gemm_prepacked(wt, false, hw, gyi, hw, 0.0f, col.data(), hw);
       col2im_add(col.data(), s.in_channels, h, wd, oh, ow, s, gxi);
@@ -726,6 +737,18 @@ void relu_backward(const Tensor& gy, const Tensor& y, Tensor& gx) {
                [&](int64_t b, int64_t e) { k.relu_backward(g + b, v + b, d + b, e - b); });
 }
 
+void relu_mask(const Tensor& gy, const Tensor& y, Tensor& gx) {
+  if (gy.shape() != y.shape() || gx.shape() != y.shape())
+    throw Error("relu_mask: shapes " + shape_str(gy.shape()) + ", " + shape_str(y.shape()) +
+                " and " + shape_str(gx.shape()) + " differ");
+  const float* g = gy.data();
+  const float* v = y.data();
+  float* d = gx.data();
+  parallel_for(y.numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) d[i] = v[i] > 0.0f ? g[i] : 0.0f;
+  });
+}
+
 // ------------------------------------------------------------------ pooling
 namespace {
 int64_t pool_out(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode) {
@@ -765,26 +788,39 @@ Tensor maxpool2d_forward(const Tensor& x, const Pool2dSpec& s, std::vector<int32
   parallel_for(os[0] * os[1], [&](int64_t b, int64_t e) {
     for (int64_t plane = b; plane < e; ++plane) {
       const float* xp = x.data() + plane * h * w;
-      for (int64_t oy = 0; oy < oh; ++oy)
+      float* yp = y.data() + plane * oh * ow;
+      int32_t* ap = argmax->data() + plane * oh * ow;
+      for (int64_t oy = 0; oy < oh; ++oy) {
+        const int64_t y0 = oy * s.stride_h - s.pad_h;
+        const int64_t ya = std::max<int64_t>(y0, 0), yb = std::min(y0 + s.kh, h);
         for (int64_t ox = 0; ox < ow; ++ox) {
-          const int64_t y0 = oy * s.stride_h - s.pad_h, x0 = ox * s.stride_w - s.pad_w;
-          const int64_t y1 = std::min(y0 + s.kh, h), x1 = std::min(x0 + s.kw, w);
+          const int64_t x0 = ox * s.stride_w - s.pad_w;
+          const int64_t xa = std::max<int64_t>(x0, 0), xb = std::min(x0 + s.kw, w);
+          // The first maximum, without branches on the data (PyTorch's choice); a NaN
+          // wins, the first one, which a second look finds.
           float best = -std::numeric_limits<float>::infinity();
-          int64_t best_i = std::max<int64_t>(y0, 0) * w + std::max<int64_t>(x0, 0);
-          for (int64_t iy = std::max<int64_t>(y0, 0); iy < y1; ++iy)
-            for (int64_t ix = std::max<int64_t>(x0, 0); ix < x1; ++ix) {
+          int64_t best_i = ya * w + xa;
+          bool nan = false;
+          for (int64_t iy = ya; iy < yb; ++iy)
+            for (int64_t ix = xa; ix < xb; ++ix) {
               const float v = xp[iy * w + ix];
-              if (v > best || std::isnan(v)) {
-                best = v;
-                best_i = iy * w + ix;
-                if (std::isnan(v)) goto done;
-              }
+              const bool more = v > best;
+              best = more ? v : best;
+              best_i = more ? iy * w + ix : best_i;
+              nan |= v != v;
             }
-        done:
-          const int64_t o = plane * oh * ow + oy * ow + ox;
-          y[o] = best;
-          if (argmax) (*argmax)[o] = static_cast<int32_t>(best_i);
+          if (nan)
+            for (int64_t iy = ya; iy < yb && !std::isnan(best); ++iy)
+              for (int64_t ix = xa; ix < xb; ++ix)
+                if (std::isnan(xp[iy * w + ix])) {
+                  best = xp[iy * w + ix];
+                  best_i = iy * w + ix;
+                  break;
+                }
+          yp[oy * ow + ox] = best;
+          ap[oy * ow + ox] = static_cast<int32_t>(best_i);
         }
+      }
     }
   });
   return y;

@@ -34,12 +34,13 @@ Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tenso
                              const Conv2dSpec& s, bool relu);
 Tensor conv2d_forward_naive(const Tensor& x, const Tensor& w, const Tensor* b,
                             const Conv2dSpec& s);
-// gx += dL/dx.
-void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s, Tensor& gx);
+// gx += dL/dx (accumulate = false: gx = dL/dx, gx's old contents are ignored).
+void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s, Tensor& gx,
+                          bool accumulate = true);
 // conv2d_backward_data with the weights prepacked as op(A) = W^T [Cin*kh*kw, Cout]
 // (PackedMatrix(true, K, Cout, w, K); groups 1): the same bits.
 void conv2d_backward_data_packed(const Tensor& gy, const PackedMatrix& wt, const Conv2dSpec& s,
-                                 Tensor& gx);
+                                 Tensor& gx, bool accumulate = true);
 // gw += dL/dw and, when gb is given, gb += dL/db.
 void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dSpec& s, Tensor* gw,
                             Tensor* gb);
@@ -79,6 +80,8 @@ void batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight,
 Tensor relu_forward(const Tensor& x);
 // gx += gy where y > 0.
 void relu_backward(const Tensor& gy, const Tensor& y, Tensor& gx);
+// gx = gy where y > 0, else 0 (writes gx, which must have gy's shape).
+void relu_mask(const Tensor& gy, const Tensor& y, Tensor& gx);
 // y = max(y, 0) in place (inference: a ReLU fused into the layer before it).
 void relu_inplace(Tensor& y);
 // y = max(y + x, 0) in place (inference: a residual block's add and ReLU in one pass).

@@ -28,18 +28,33 @@ Parameter make_param(const Shape& shape, bool buffer = false) {
 Var relu(Tape* tape, const Var& x) {
   Tensor y = relu_forward(x.value);
   if (!tape) return Var{y};
-  return tape->record(y, {&x}, [y](const Tensor& gy, std::vector<Tensor*>& gin) {
-    if (gin[0]) relu_backward(gy, y, *gin[0]);
-  });
+  return tape->record(
+      y, {&x},
+      [y](const Tensor& gy, std::vector<Tensor*>& gin) {
+        if (!gin[0]) return;
+        if (claim_fresh(*gin[0], y.shape()))
+          relu_mask(gy, y, *gin[0]);
+        else
+          relu_backward(gy, y, *gin[0]);
+      },
+      false, /*writes_fresh=*/true);
 }
 
 Var add(Tape* tape, const Var& a, const Var& b) {
   Tensor y = add_forward(a.value, b.value);
   if (!tape) return Var{y};
-  return tape->record(y, {&a, &b}, [](const Tensor& gy, std::vector<Tensor*>& gin) {
-    if (gin[0]) add_into(*gin[0], gy);
-    if (gin[1]) add_into(*gin[1], gy);
-  });
+  return tape->record(
+      y, {&a, &b},
+      [](const Tensor& gy, std::vector<Tensor*>& gin) {
+        for (Tensor* g : gin) {
+          if (!g) continue;
+          if (claim_fresh(*g, gy.shape()))
+            g->copy_from(gy);  // a copy: later gradients add into it, gy stays as it is
+          else
+            add_into(*g, gy);
+        }
+      },
+      false, /*writes_fresh=*/true);
 }
 
 Var flatten(Tape* tape, const Var& x) {
@@ -101,13 +116,17 @@ void Conv2d::named_parameters(const std::string& prefix, NamedParams& out) {
   if (has_bias_) out.emplace_back(prefix + "bias", &bias);
 }
 
+void Conv2d::drop_forms() {
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  forms_.reset();  // made again from the current weights on next use
+  bn_forms_.reset();
+}
+
 void Conv2d::pack_for_inference(bool on) {
   std::lock_guard<std::mutex> lock(pack_mutex_);
   packed_ = on;
-  winograd_.reset();
-  winograd_t_.reset();
-  gemm_.reset();
-  gemm_t_.reset();
+  forms_.reset();
+  bn_forms_.reset();
 }
 
 void Conv2d::set_training(bool training) {
@@ -115,36 +134,86 @@ void Conv2d::set_training(bool training) {
   if (training) pack_for_inference(false);
 }
 
-const WinogradFilter* Conv2d::winograd_filter_cached(bool transposed) {
-  std::lock_guard<std::mutex> lock(pack_mutex_);
-  if (!packed_ || !winograd_applies(spec_)) return nullptr;
-  auto& slot = transposed ? winograd_t_ : winograd_;
+const WinogradFilter* Conv2d::FastForms::winograd_filter(const Conv2dSpec& s, bool transposed) {
+  if (!winograd_applies(s)) return nullptr;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& slot = winograd[transposed ? 1 : 0];
   if (!slot || slot->isa != active_isa())  // packed for the kernels of one ISA
-    slot = std::make_shared<const WinogradFilter>(transposed ? winograd_filter_transposed(weight.value)
-                                                             : winograd_filter(weight.value));
+    slot = std::make_shared<const WinogradFilter>(transposed ? isplit::winograd_filter_transposed(weight)
+                                                             : isplit::winograd_filter(weight));
   return slot.get();
 }
 
-const PackedMatrix* Conv2d::gemm_weights_cached(bool transposed) {
-  std::lock_guard<std::mutex> lock(pack_mutex_);
-  if (!packed_ || spec_.groups != 1 || !gemm_prepack_enabled()) return nullptr;
-  const int64_t cout = spec_.out_channels, k = weight.value.numel() / cout;
-  auto& slot = transposed ? gemm_t_ : gemm_;
+const PackedMatrix* Conv2d::FastForms::gemm_weights(const Conv2dSpec& s, bool transposed) {
+  if (s.groups != 1 || !gemm_prepack_enabled()) return nullptr;
+  std::lock_guard<std::mutex> lock(mutex);
+  const int64_t cout = s.out_channels, k = weight.numel() / cout;
+  auto& slot = gemm[transposed ? 1 : 0];
   if (!slot)
-    slot = transposed
-               ? std::make_shared<const PackedMatrix>(true, k, cout, weight.value.data(), k)
-               : std::make_shared<const PackedMatrix>(false, cout, k, weight.value.data(), k);
+    slot = transposed ? std::make_shared<const PackedMatrix>(true, k, cout, weight.data(), k)
+                      : std::make_shared<const PackedMatrix>(false, cout, k, weight.data(), k);
   return slot.get();
+}
+
+std::shared_ptr<Conv2d::FastForms> Conv2d::own_forms() {
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  if (!packed_) return nullptr;
+  if (!forms_) {
+    forms_ = std::make_shared<FastForms>();
+    forms_->weight = weight.value;  // shares the storage: no copy
+    if (has_bias_) forms_->bias = bias.value;
+  }
+  return forms_;
+}
+
+std::shared_ptr<Conv2d::FastForms> Conv2d::bn_forms(const BatchNorm2d& bn) {
+  std::vector<float> scale, shift;
+  bn.affine(scale, shift);
+  if (static_cast<int64_t>(scale.size()) != spec_.out_channels)
+    throw Error("Conv2d::forward_bn: the BatchNorm has " + std::to_string(scale.size()) +
+                " channels, the convolution " + std::to_string(spec_.out_channels));
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  if (!packed_) return nullptr;
+  if (bn_forms_ && bn_forms_->bn_scale == scale && bn_forms_->bn_shift == shift) return bn_forms_;
+  auto f = std::make_shared<FastForms>();
+  const int64_t out = spec_.out_channels, per = weight.value.numel() / out;
+  f->weight = Tensor::empty(weight.value.shape());
+  f->bias = Tensor::empty({out});
+  for (int64_t c = 0; c < out; ++c) {
+    for (int64_t i = 0; i < per; ++i) f->weight[c * per + i] = weight.value[c * per + i] * scale[c];
+    f->bias[c] = (has_bias_ ? bias.value[c] * scale[c] : 0.0f) + shift[c];
+  }
+  f->bn_scale = std::move(scale);
+  f->bn_shift = std::move(shift);
+  bn_forms_ = f;
+  return f;
+}
+
+Tensor Conv2d::forward_with(FastForms& f, const Tensor& x, bool relu) const {
+  const Tensor* b = f.bias.defined() ? &f.bias : nullptr;
+  if (winograd_pays(x.shape(), spec_))
+    if (const WinogradFilter* wf = f.winograd_filter(spec_, false))
+      return conv2d_forward_winograd(x, *wf, b, spec_, relu);
+  if (const PackedMatrix* pw = f.gemm_weights(spec_, false))
+    return conv2d_forward_packed(x, *pw, b, spec_, relu);
+  Tensor y = conv2d_forward(x, f.weight, b, spec_);
+  if (relu) relu_inplace(y);
+  return y;
+}
+
+void Conv2d::backward_data_with(FastForms& f, const Tensor& gy, Tensor& gx, bool add) const {
+  if (winograd_backward_pays(gy.shape(), spec_))
+    if (const WinogradFilter* wt = f.winograd_filter(spec_, true))
+      return conv2d_backward_data_winograd(gy, *wt, spec_, gx, add);
+  if (const PackedMatrix* pt = f.gemm_weights(spec_, true))
+    return conv2d_backward_data_packed(gy, *pt, spec_, gx, add);
+  conv2d_backward_data(gy, f.weight, spec_, gx, add);
 }
 
 Tensor Conv2d::infer(const Tensor& x, bool relu) {
-  const Tensor* b = has_bias_ ? &bias.value : nullptr;
-  const WinogradFilter* wf = nullptr;
-  if (packed_ && !training_ && winograd_pays(x.shape(), spec_)) wf = winograd_filter_cached(false);
-  if (wf) return conv2d_forward_winograd(x, *wf, b, spec_, relu);
-  const PackedMatrix* pw = packed_ && !training_ ? gemm_weights_cached(false) : nullptr;
-  if (pw) return conv2d_forward_packed(x, *pw, b, spec_, relu);
-  Tensor y = conv2d_forward(x, weight.value, b, spec_);
+  if (!training_)
+    if (std::shared_ptr<FastForms> f = own_forms()) return forward_with(*f, x, relu);
+  Tensor y = conv2d_forward(x, weight.value, has_bias_ ? &bias.value : nullptr, spec_);
   if (relu) relu_inplace(y);
   return y;
 }
@@ -162,26 +231,49 @@ Var Conv2d::forward(Tape* tape, const Var& x) {
   const bool want_w = tape->wants(weight);
   const bool want_b = has_bias_ && tape->wants(bias);
   Tensor xv = want_w ? x.value : Tensor();  // kept only for the weight gradient
+  // The data gradient through the fast forms when the weights need no gradient.
+  std::shared_ptr<FastForms> forms = !want_w && !training_ ? own_forms() : nullptr;
+  const Shape xs = x.value.shape();
   return tape->record(
       y, {&x},
-      [this, xv, want_w, want_b](const Tensor& gy, std::vector<Tensor*>& gin) {
+      [this, xv, xs, want_w, want_b, forms](const Tensor& gy, std::vector<Tensor*>& gin) {
         if (gin[0]) {
-          const WinogradFilter* wt = nullptr;
-          if (packed_ && !training_ && !want_w && winograd_backward_pays(gy.shape(), spec_))
-            wt = winograd_filter_cached(true);
-          const PackedMatrix* pt =
-              !wt && packed_ && !training_ && !want_w ? gemm_weights_cached(true) : nullptr;
-          if (wt)
-            conv2d_backward_data_winograd(gy, *wt, spec_, *gin[0]);
-          else if (pt)
-            conv2d_backward_data_packed(gy, *pt, spec_, *gin[0]);
+          const bool add = !claim_fresh(*gin[0], xs);
+          if (forms)
+            backward_data_with(*forms, gy, *gin[0], add);
           else
-            conv2d_backward_data(gy, weight.value, spec_, *gin[0]);
+            conv2d_backward_data(gy, weight.value, spec_, *gin[0], add);
         }
         if (want_w) conv2d_backward_weight(gy, xv, spec_, &grad_of(weight), nullptr);
         if (want_b) channel_sum_add(gy, grad_of(bias));
       },
-      want_w || want_b);
+      want_w || want_b, /*writes_fresh=*/true);
+}
+
+Var Conv2d::forward_bn(Tape* tape, const Var& x, BatchNorm2d& bn, bool relu_after) {
+  const bool no_grads = !tape || (!tape->wants(weight) && !(has_bias_ && tape->wants(bias)) &&
+                                  !tape->wants(bn.weight) && !tape->wants(bn.bias));
+  std::shared_ptr<FastForms> f;
+  if (packed_ && !training_ && !bn.training() && !bn.folded() && !fused_relu_ && no_grads)
+    f = bn_forms(bn);
+  if (!f) {
+    Var y = bn.forward(tape, forward(tape, x));
+    return relu_after ? relu(tape, y) : y;
+  }
+  Tensor y = forward_with(*f, x.value, relu_after);
+  if (!tape) return Var{y};
+  const Shape xs = x.value.shape();
+  return tape->record(
+      y, {&x},
+      [this, f, y, xs, relu_after](const Tensor& gy, std::vector<Tensor*>& gin) {
+        if (!gin[0]) return;
+        const bool add = !claim_fresh(*gin[0], xs);
+        if (!relu_after) return backward_data_with(*f, gy, *gin[0], add);
+        Tensor masked = Tensor::empty(gy.shape());
+        relu_mask(gy, y, masked);
+        backward_data_with(*f, masked, *gin[0], add);
+      },
+      false, /*writes_fresh=*/true);
 }
 
 void Conv2d::fold_scale_shift(const std::vector<float>& scale, const std::vector<float>& shift) {
@@ -196,11 +288,7 @@ void Conv2d::fold_scale_shift(const std::vector<float>& scale, const std::vector
     has_bias_ = true;
   }
   for (int64_t c = 0; c < out; ++c) bias.value[c] = bias.value[c] * scale[c] + shift[c];
-  std::lock_guard<std::mutex> lock(pack_mutex_);
-  winograd_.reset();  // transformed (and packed) again from the new weights on next use
-  winograd_t_.reset();
-  gemm_.reset();
-  gemm_t_.reset();
+  drop_forms();
 }
 
 // ------------------------------------------------------------------ ReLU
@@ -267,15 +355,23 @@ Var BatchNorm2d::forward(Tape* tape, const Var& x) {
       y, {&x},
       [this, xv, saved, train, want_w, want_b](const Tensor& gy, std::vector<Tensor*>& gin) {
         if (!gin[0] && !want_w && !want_b) return;
+        const bool fresh = gin[0] && claim_fresh(*gin[0], gy.shape());
+        if (fresh && xv.defined()) gin[0]->zero();  // batchnorm_backward adds
         if (!xv.defined()) {
           // Eval mode without a weight gradient: dx is a per-channel scale of dy.
           if (gin[0]) {
             const int64_t c = gy.dim(1), hw = gy.dim(2) * gy.dim(3);
             float* d = gin[0]->data();
+            const float* g = gy.data();
             parallel_for(gy.dim(0) * c, [&](int64_t r0, int64_t r1) {
               for (int64_t r = r0; r < r1; ++r) {
                 const float s = weight.value[r % c] * saved->inv_std[r % c];
-                for (int64_t i = 0; i < hw; ++i) d[r * hw + i] += s * gy[r * hw + i];
+                float* dr = d + r * hw;
+                const float* gr = g + r * hw;
+                if (fresh)
+                  for (int64_t i = 0; i < hw; ++i) dr[i] = s * gr[i];
+                else
+                  for (int64_t i = 0; i < hw; ++i) dr[i] += s * gr[i];
               }
             });
           }
@@ -285,7 +381,7 @@ Var BatchNorm2d::forward(Tape* tape, const Var& x) {
         batchnorm_backward(gy, xv, weight.value, *saved, train, gin[0],
                            want_w ? &grad_of(weight) : nullptr, want_b ? &grad_of(bias) : nullptr);
       },
-      want_w || want_b);
+      want_w || want_b, /*writes_fresh=*/true);
 }
 
 void fold_conv_bn(Conv2d& conv, BatchNorm2d& bn) {

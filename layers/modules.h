@@ -62,6 +62,8 @@ Var softmax(Tape* tape, const Var& x);
 Var cross_entropy_loss(Tape* tape, const Var& logits, const std::vector<int>& targets,
                        double label_smoothing = 0.0);
 
+class BatchNorm2d;
+
 class Conv2d : public Module {
  public:
   // A convolution with PyTorch's Conv2d arguments (weight zero until loaded/initialised).
@@ -87,24 +89,50 @@ class Conv2d : public Module {
   // skips that ReLU); a forward with a tape throws.
   void set_fused_relu(bool on) { fused_relu_ = on; }
   bool fused_relu() const { return fused_relu_; }
+  // bn(conv(x)), then max(., 0) when relu; bn must follow this layer. While packed, in
+  // evaluation mode and without weight gradients (the importance pass), computed as one
+  // convolution with bn folded into weights kept for that (made on first use, as much
+  // memory as the weights; remade when bn's statistics change) and the ReLU in its
+  // epilogue: the backward is a ReLU mask and the folded layer's data gradient, with no
+  // BatchNorm pass either way. Otherwise the separate layers, recorded as usual.
+  Var forward_bn(Tape* tape, const Var& x, BatchNorm2d& bn, bool relu);
   const Conv2dSpec& spec() const { return spec_; }
   Parameter weight, bias;
   bool has_bias() const { return has_bias_; }
 
  private:
-  // The Winograd filters of the forward (or, transposed, of the data gradient),
-  // transformed on first use; null when the layer is not packed.
-  const WinogradFilter* winograd_filter_cached(bool transposed);
-  // The weights packed for the GEMM kernels (groups 1), W or with transposed W^T (the
-  // data gradient), made on first use; null when the layer is not packed.
-  const PackedMatrix* gemm_weights_cached(bool transposed);
+  // One set of weights (and bias) in the forms the fast paths use, each made on first use
+  // (thread-safe): Winograd filters for the forward and, transposed, the data gradient,
+  // and GEMM weights packed as W or W^T.
+  struct FastForms {
+    Tensor weight, bias;  // bias undefined: none
+    std::vector<float> bn_scale, bn_shift;  // the BatchNorm folded in (bn forms only)
+    std::mutex mutex;
+    std::shared_ptr<const WinogradFilter> winograd[2];
+    std::shared_ptr<const PackedMatrix> gemm[2];
+    // The Winograd filter (transposed: of the data gradient), or null when Winograd does
+    // not apply to the layer.
+    const WinogradFilter* winograd_filter(const Conv2dSpec& s, bool transposed);
+    // The packed GEMM weights (transposed: W^T), or null for grouped layers or when
+    // prepacking is off.
+    const PackedMatrix* gemm_weights(const Conv2dSpec& s, bool transposed);
+  };
+  // This layer's own forms (made on first use); null when not packed.
+  std::shared_ptr<FastForms> own_forms();
+  // The forms of this layer with bn folded in, remade when bn's affine map changed.
+  std::shared_ptr<FastForms> bn_forms(const BatchNorm2d& bn);
+  // conv(x) + bias, then max(., 0) when relu, with the fastest path f allows.
+  Tensor forward_with(FastForms& f, const Tensor& x, bool relu) const;
+  // The data gradient of gy through f's weights, added into gx (add = false: written).
+  void backward_data_with(FastForms& f, const Tensor& gy, Tensor& gx, bool add) const;
+  // Drops every cached form (weights changed, or packing turned off).
+  void drop_forms();
   Conv2dSpec spec_;
   bool has_bias_;
   bool packed_ = false;
   bool fused_relu_ = false;
-  std::mutex pack_mutex_;  // guards the lazy transform (forwards may run concurrently)
-  std::shared_ptr<const WinogradFilter> winograd_, winograd_t_;
-  std::shared_ptr<const PackedMatrix> gemm_, gemm_t_;
+  std::mutex pack_mutex_;  // guards forms_ and bn_forms_ (forwards may run concurrently)
+  std::shared_ptr<FastForms> forms_, bn_forms_;
 };
 
 class BatchNorm2d : public Module {

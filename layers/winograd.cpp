@@ -262,7 +262,7 @@ WinogradFilter winograd_filter_transposed(const Tensor& w) {
 }
 
 void conv2d_backward_data_winograd(const Tensor& gy, const WinogradFilter& ft, const Conv2dSpec& s,
-                                   Tensor& gx) {
+                                   Tensor& gx, bool accumulate) {
   if (!winograd_backward_applies(s))
     throw Error("winograd: data gradient only of 3x3 stride-1 convolutions padded by 0 to 2");
   if (gx.ndim() != 4 || gx.dim(1) != s.in_channels)
@@ -275,8 +275,7 @@ void conv2d_backward_data_winograd(const Tensor& gy, const WinogradFilter& ft, c
   if (ft.in_channels != s.out_channels || ft.out_channels != s.in_channels)
     throw Error("winograd: the transposed filter's channels do not match the convolution");
   if (gx.numel() == 0) return;
-  run_winograd(gy, ft, nullptr, transposed_spec(s), false, gx.shape(), /*accumulate=*/true,
-               gx.data());
+  run_winograd(gy, ft, nullptr, transposed_spec(s), false, gx.shape(), accumulate, gx.data());
 }
 
 }  // namespace isplit

@@ -56,8 +56,9 @@ bool winograd_backward_applies(const Conv2dSpec& s);
 bool winograd_backward_pays(const Shape& gy, const Conv2dSpec& s);
 // The Winograd filters of that convolution, from w [Cout, Cin, 3, 3].
 WinogradFilter winograd_filter_transposed(const Tensor& w);
-// gx += dL/dx for dL/dy = gy, with ft = winograd_filter_transposed(w).
+// gx += dL/dx for dL/dy = gy, with ft = winograd_filter_transposed(w) (accumulate =
+// false: gx = dL/dx).
 void conv2d_backward_data_winograd(const Tensor& gy, const WinogradFilter& ft, const Conv2dSpec& s,
-                                   Tensor& gx);
+                                   Tensor& gx, bool accumulate = true);
 
 }  // namespace isplit

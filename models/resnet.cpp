@@ -43,10 +43,11 @@ class Bottleneck : public Module {
       add_relu_inplace(out, ds_conv_ ? ds_conv_->infer(x.value, false) : x.value);
       return Var{out};
     }
-    Var out = relu(tape, bn1_.forward(tape, conv1_.forward(tape, x)));
-    out = relu(tape, bn2_.forward(tape, conv2_.forward(tape, out)));
-    out = bn3_.forward(tape, conv3_.forward(tape, out));
-    Var identity = ds_conv_ ? ds_bn_->forward(tape, ds_conv_->forward(tape, x)) : x;
+    // While packed (the importance pass), each conv + BN (+ ReLU) runs as one folded layer.
+    Var out = conv1_.forward_bn(tape, x, bn1_, true);
+    out = conv2_.forward_bn(tape, out, bn2_, true);
+    out = conv3_.forward_bn(tape, out, bn3_, false);
+    Var identity = ds_conv_ ? ds_conv_->forward_bn(tape, x, *ds_bn_, false) : x;
     *pre_relu = add(tape, out, identity);
     return relu(tape, *pre_relu);
   }

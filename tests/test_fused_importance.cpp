@@ -1,0 +1,309 @@
+// The importance pass's fast paths: a convolution with its BatchNorm (and ReLU) run as one
+// folded layer while packed (Conv2d::forward_bn) against the separate layers (whose
+// backward test_layers checks by finite differences); data gradients written instead of
+// added (conv backward with accumulate = false, relu_mask); and tape nodes that write
+// their input gradients on first arrival instead of adding into zeroed buffers.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+
+#include "engine/gemm_prepacked.h"
+#include "engine/parallel.h"
+#include "engine/tape.h"
+#include "layers/functional.h"
+#include "layers/modules.h"
+#include "layers/winograd.h"
+
+using namespace isplit;
+
+namespace {
+
+Tensor uniform(std::mt19937& rng, const Shape& shape, float lo = -1.0f, float hi = 1.0f) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  Tensor t = Tensor::empty(shape);
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = dist(rng);
+  return t;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() &&
+         std::memcmp(a.data(), b.data(), static_cast<size_t>(a.numel()) * sizeof(float)) == 0;
+}
+
+// max |a - b| / max(1, max |b|).
+double rel_diff(const Tensor& a, const Tensor& b) {
+  REQUIRE(a.shape() == b.shape());
+  double d = 0.0, m = 1.0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    d = std::max(d, std::fabs(double(a[i]) - double(b[i])));
+    m = std::max(m, std::fabs(double(b[i])));
+  }
+  return d / m;
+}
+
+// A conv + BatchNorm pair with random weights and statistics, evaluation mode.
+struct ConvBn {
+  Conv2d conv;
+  BatchNorm2d bn;
+  ConvBn(std::mt19937& rng, int64_t cin, int64_t cout, int64_t k, int64_t stride, int64_t pad,
+         bool bias)
+      : conv(cin, cout, k, stride, pad, bias), bn(cout) {
+    const float s = 1.0f / std::sqrt(float(cin * k * k));
+    conv.weight.value = uniform(rng, conv.weight.value.shape(), -s, s);
+    if (bias) conv.bias.value = uniform(rng, {cout}, -0.2f, 0.2f);
+    bn.weight.value = uniform(rng, {cout}, 0.5f, 1.5f);
+    bn.bias.value = uniform(rng, {cout}, -0.3f, 0.3f);
+    bn.running_mean.value = uniform(rng, {cout}, -0.2f, 0.2f);
+    bn.running_var.value = uniform(rng, {cout}, 0.5f, 2.0f);
+    conv.set_training(false);
+    bn.set_training(false);
+  }
+};
+
+// y = forward_bn(x) and dL/dx for L = sum(r * y), on an activations-only tape.
+struct Pass {
+  Tensor y, gx;
+  size_t nodes = 0;  // recorded on the tape: 1 when folded, conv + bn (+ relu) when not
+};
+Pass run(ConvBn& m, const Tensor& x, bool relu, const Tensor* r) {
+  Tape tape = Tape::activations_only();
+  const Var xin = tape.input(x, true);
+  const Var y = m.conv.forward_bn(&tape, xin, m.bn, relu);
+  Pass p{y.value.clone(), Tensor(), tape.size()};
+  if (r) {
+    tape.backward(y, *r);
+    p.gx = tape.grad(xin).clone();
+  }
+  return p;
+}
+
+}  // namespace
+
+TEST_SUITE("importance_fast") {
+  TEST_CASE("Conv2d::forward_bn packed equals the separate conv, BatchNorm and ReLU") {
+    const int saved_threads = num_threads();
+    const WinogradMode saved_mode = winograd_mode();
+    std::mt19937 rng(5);
+    struct Case {
+      int64_t cin, cout, k, stride, pad, batch, size;
+      bool bias;
+      WinogradMode mode;
+    };
+    const Case cases[] = {
+        {64, 96, 1, 1, 0, 1, 14, false, WinogradMode::Auto},   // pointwise, batch 1
+        {32, 64, 1, 2, 0, 2, 14, false, WinogradMode::Auto},   // strided pointwise (downsample)
+        {16, 24, 3, 1, 1, 1, 20, true, WinogradMode::On},      // 3x3 through Winograd
+        {16, 24, 3, 1, 1, 2, 9, false, WinogradMode::Off},     // 3x3 through the packed GEMM
+        {16, 32, 3, 2, 1, 1, 15, false, WinogradMode::Auto},   // 3x3 stride 2 (col2im)
+        {3, 16, 7, 2, 3, 1, 23, false, WinogradMode::Auto},    // a stem
+        {128, 256, 1, 1, 0, 1, 2, false, WinogradMode::Auto},  // few columns (lanes along M)
+    };
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      for (const Case& c : cases) {
+        for (bool relu : {true, false}) {
+          CAPTURE(threads);
+          CAPTURE(c.cin);
+          CAPTURE(c.k);
+          CAPTURE(c.stride);
+          CAPTURE(c.size);
+          CAPTURE(relu);
+          set_winograd_mode(c.mode);
+          ConvBn m(rng, c.cin, c.cout, c.k, c.stride, c.pad, c.bias);
+          const Tensor x = uniform(rng, {c.batch, c.cin, c.size, c.size});
+          const Tensor r = uniform(rng, conv2d_out_shape(x.shape(), m.conv.spec()));
+          const Pass ref = run(m, x, relu, &r);  // not packed: the separate layers
+          m.conv.pack_for_inference(true);
+          const Pass fast = run(m, x, relu, &r);
+          CHECK(ref.nodes == (relu ? 3u : 2u));
+          CHECK(fast.nodes == 1u);
+          CHECK(rel_diff(fast.y, ref.y) < 1e-5);
+          CHECK(rel_diff(fast.gx, ref.gx) < 1e-5);
+          // Without a tape the same folded forward.
+          CHECK(same_bits(m.conv.forward_bn(nullptr, Var{x}, m.bn, relu).value, fast.y));
+        }
+      }
+    }
+    set_num_threads(saved_threads);
+    set_winograd_mode(saved_mode);
+  }
+
+  TEST_CASE("Conv2d::forward_bn follows new BatchNorm statistics and falls back when it must") {
+    std::mt19937 rng(6);
+    ConvBn m(rng, 8, 12, 3, 1, 1, false);
+    const Tensor x = uniform(rng, {1, 8, 6, 6});
+    const Tensor r = uniform(rng, {1, 12, 6, 6});
+    m.conv.pack_for_inference(true);
+    const Pass before = run(m, x, true, &r);
+    // New statistics after packing: the folded weights are made again.
+    m.bn.running_mean.value[3] += 0.5f;
+    m.bn.weight.value[7] *= -2.0f;
+    const Pass after = run(m, x, true, &r);
+    CHECK(after.nodes == 1u);
+    m.conv.pack_for_inference(false);
+    const Pass ref = run(m, x, true, &r);
+    CHECK(rel_diff(after.y, ref.y) < 1e-5);
+    CHECK(rel_diff(after.gx, ref.gx) < 1e-5);
+    CHECK(rel_diff(before.y, ref.y) > 1e-3);  // the change did matter
+    // A tape that wants weight gradients takes the separate layers (and gets them).
+    m.conv.pack_for_inference(true);
+    Tape tape;
+    const Var xin = tape.input(x, true);
+    const Var y = m.conv.forward_bn(&tape, xin, m.bn, true);
+    tape.backward(y, r);
+    CHECK(m.conv.weight.grad.defined());
+    CHECK(m.bn.weight.grad.defined());
+    CHECK(rel_diff(tape.grad(xin), ref.gx) < 1e-5);
+    // A BatchNorm of another width is refused with both counts named.
+    BatchNorm2d wrong(5);
+    CHECK_THROWS_WITH_AS(m.conv.forward_bn(nullptr, Var{x}, wrong, true),
+                         doctest::Contains("5 channels, the convolution 12"), Error);
+  }
+
+  TEST_CASE("conv data gradients written (accumulate = false) equal zeros plus the gradient") {
+    const WinogradMode saved_mode = winograd_mode();
+    std::mt19937 rng(7);
+    struct Case {
+      int64_t cin, cout, k, stride, pad, batch, size;
+    };
+    const Case cases[] = {{32, 48, 1, 1, 0, 1, 7},  {32, 48, 1, 1, 0, 2, 7},
+                          {24, 40, 1, 1, 0, 1, 30}, {16, 32, 1, 2, 0, 1, 14},
+                          {8, 16, 3, 1, 1, 1, 12},  {8, 16, 3, 2, 1, 2, 11},
+                          {3, 8, 7, 2, 3, 1, 19},   {64, 128, 1, 1, 0, 1, 2}};
+    for (const Case& c : cases) {
+      CAPTURE(c.cin);
+      CAPTURE(c.k);
+      CAPTURE(c.stride);
+      CAPTURE(c.batch);
+      CAPTURE(c.size);
+      Conv2dSpec s;
+      s.in_channels = c.cin;
+      s.out_channels = c.cout;
+      s.kh = s.kw = c.k;
+      s.stride_h = s.stride_w = c.stride;
+      s.pad_h = s.pad_w = c.pad;
+      const Shape xs{c.batch, c.cin, c.size, c.size};
+      const Tensor w = uniform(rng, {c.cout, c.cin, c.k, c.k});
+      const Tensor gy = uniform(rng, conv2d_out_shape(xs, s));
+      const Tensor garbage = Tensor::full(xs, std::nanf(""));
+      const int64_t k = c.cin * c.k * c.k;
+      const PackedMatrix pt(true, k, c.cout, w.data(), k);
+      Tensor expect = Tensor::zeros(xs), got = garbage.clone();
+      conv2d_backward_data(gy, w, s, expect);
+      conv2d_backward_data(gy, w, s, got, /*accumulate=*/false);
+      CHECK(same_bits(got, expect));
+      Tensor expect_p = Tensor::zeros(xs), got_p = garbage.clone();
+      conv2d_backward_data_packed(gy, pt, s, expect_p);
+      conv2d_backward_data_packed(gy, pt, s, got_p, false);
+      CHECK(same_bits(got_p, expect_p));
+      if (winograd_backward_applies(s)) {
+        set_winograd_mode(WinogradMode::On);
+        const WinogradFilter ft = winograd_filter_transposed(w);
+        Tensor expect_w = Tensor::zeros(xs), got_w = garbage.clone();
+        conv2d_backward_data_winograd(gy, ft, s, expect_w);
+        conv2d_backward_data_winograd(gy, ft, s, got_w, false);
+        CHECK(same_bits(got_w, expect_w));
+        set_winograd_mode(saved_mode);
+      }
+    }
+  }
+
+  TEST_CASE("relu_mask writes the ReLU's backward and checks shapes") {
+    std::mt19937 rng(8);
+    const Tensor x = uniform(rng, {2, 3, 5, 7});
+    const Tensor y = relu_forward(x);
+    const Tensor gy = uniform(rng, x.shape());
+    Tensor got = Tensor::full(x.shape(), 123.0f), expect = Tensor::zeros(x.shape());
+    relu_mask(gy, y, got);
+    relu_backward(gy, y, expect);
+    CHECK(same_bits(got, expect));
+    Tensor small = Tensor::empty({2, 3, 5, 6});
+    CHECK_THROWS_WITH_AS(relu_mask(gy, y, small), doctest::Contains("relu_mask"), Error);
+  }
+
+  TEST_CASE("tape: nodes that write fresh gradients add when a gradient is already there") {
+    std::mt19937 rng(9);
+    const Tensor x = uniform(rng, {1, 4, 3, 3});
+    const Tensor r = uniform(rng, x.shape());
+    // y = relu(x) + x + x: x's gradient arrives three times, first written, then added.
+    Tape tape = Tape::activations_only();
+    const Var xin = tape.input(x, true);
+    const Var s = add(&tape, add(&tape, relu(&tape, xin), xin), xin);
+    tape.backward(s, r);
+    const Tensor g = tape.grad(xin);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const float want = (x[i] > 0.0f ? r[i] : 0.0f) + r[i] + r[i];
+      CHECK(g[i] == doctest::Approx(want).epsilon(1e-6));
+    }
+  }
+
+  TEST_CASE("tape: a fresh-writing node that writes nothing leaves zeros; a wrong claim throws") {
+    const Tensor x = Tensor::full({2, 3}, 1.0f);
+    {
+      Tape tape = Tape::activations_only();
+      const Var xin = tape.input(x, true);
+      const Var y = tape.record(x.clone(), {&xin}, [](const Tensor&, std::vector<Tensor*>&) {},
+                                false, /*writes_fresh=*/true);
+      tape.backward(y, x);
+      const Tensor g = tape.grad(xin);
+      REQUIRE(g.shape() == x.shape());
+      for (int64_t i = 0; i < g.numel(); ++i) CHECK(g[i] == 0.0f);
+    }
+    {
+      Tape tape = Tape::activations_only();
+      const Var xin = tape.input(x, true);
+      const Var y = tape.record(
+          x.clone(), {&xin},
+          [](const Tensor&, std::vector<Tensor*>& gin) {
+            if (claim_fresh(*gin[0], {3, 2})) gin[0]->zero();
+          },
+          false, true);
+      CHECK_THROWS_WITH_AS(tape.backward(y, x), doctest::Contains("claimed a gradient"), Error);
+    }
+  }
+
+  TEST_CASE("maxpool2d_forward with argmax: the first maximum, NaN wins, values as inference") {
+    std::mt19937 rng(10);
+    Pool2dSpec ps;
+    ps.kh = ps.kw = 3;
+    ps.stride_h = ps.stride_w = 2;
+    ps.pad_h = ps.pad_w = 1;
+    // Few distinct values (ties), a NaN and -inf in places.
+    Tensor x = Tensor::empty({2, 3, 9, 8});
+    std::uniform_int_distribution<int> pick(0, 3);
+    for (int64_t i = 0; i < x.numel(); ++i) x[i] = float(pick(rng));
+    x[5] = std::nanf("");
+    x[7] = std::nanf("");
+    for (int64_t i = 72; i < 144; ++i) x[i] = -std::numeric_limits<float>::infinity();
+    std::vector<int32_t> am;
+    const Tensor y = maxpool2d_forward(x, ps, &am);
+    const Tensor yi = maxpool2d_forward(x, ps, nullptr);
+    const int64_t h = 9, w = 8, oh = y.dim(2), ow = y.dim(3);
+    for (int64_t p = 0; p < 6; ++p)
+      for (int64_t oy = 0; oy < oh; ++oy)
+        for (int64_t ox = 0; ox < ow; ++ox) {
+          // Brute force: the first NaN, else the first maximum, in row-major window order.
+          int64_t want = -1;
+          for (int64_t iy = std::max<int64_t>(0, oy * 2 - 1); iy < std::min(h, oy * 2 + 2); ++iy)
+            for (int64_t ix = std::max<int64_t>(0, ox * 2 - 1); ix < std::min(w, ox * 2 + 2); ++ix) {
+              const float v = x[p * h * w + iy * w + ix];
+              if (want < 0) {
+                want = iy * w + ix;
+                continue;
+              }
+              const float b = x[p * h * w + want];
+              if (!std::isnan(b) && (std::isnan(v) || v > b)) want = iy * w + ix;
+            }
+          const int64_t o = p * oh * ow + oy * ow + ox;
+          CAPTURE(o);
+          CHECK(am[static_cast<size_t>(o)] == want);
+          const float b = x[p * h * w + want];
+          CHECK((std::isnan(b) ? std::isnan(y[o]) : y[o] == b));
+          CHECK((std::isnan(yi[o]) ? std::isnan(y[o]) : y[o] == yi[o]));
+        }
+  }
+}
