@@ -213,4 +213,11 @@ void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
   if (t <= 1 || t_inside_job || !Pool::instance().run(n, t, fn)) fn(0, n);
 }
 
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  const int64_t by_grain = grain > 0 ? std::max<int64_t>(1, n / grain) : n;
+  const int t = static_cast<int>(std::min<int64_t>(num_threads(), by_grain));
+  if (t <= 1 || t_inside_job || !Pool::instance().run(n, t, fn)) fn(0, n);
+}
+
 }  // namespace isplit

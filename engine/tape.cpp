@@ -1,5 +1,9 @@
 #include "engine/tape.h"
 
+#include <cstring>
+
+#include "engine/parallel.h"
+
 namespace isplit {
 
 void Parameter::accumulate(const Tensor& g) {
@@ -55,6 +59,7 @@ void Tape::backward(const Var& root, const Tensor& seed) {
   if (!needs_grad(root)) throw Error("backward: the root was not recorded on this tape");
   check_shape(seed, shapes_[root.id], "backward seed");
   grads_.assign(shapes_.size(), Tensor());
+  shared_.assign(shapes_.size(), 0);
   grads_[root.id] = seed.clone();
   const int last = producer_[root.id];
   std::vector<Tensor*> gin;
@@ -67,6 +72,17 @@ void Tape::backward(const Var& root, const Tensor& seed) {
       int id = node.inputs[i];
       if (id < 0 || !requires_[id]) continue;
       if (!grads_[id].defined() && !node.writes_fresh) grads_[id] = Tensor::zeros(shapes_[id]);
+      if (shared_[id]) {
+        // Copy on write: this gradient is another variable's; add into a copy of it.
+        Tensor own = Tensor::empty(shapes_[id]);
+        const float* s = grads_[id].data();
+        float* d = own.data();
+        parallel_for(own.numel(), kEltwiseGrain, [&](int64_t b, int64_t e) {
+          std::memcpy(d + b, s + b, static_cast<size_t>(e - b) * sizeof(float));
+        });
+        grads_[id] = std::move(own);
+        shared_[id] = 0;
+      }
       gin[i] = &grads_[id];
     }
     node.fn(gout, gin);
@@ -79,6 +95,7 @@ void Tape::backward(const Var& root, const Tensor& seed) {
         else if (gin[i]->shape() != want)
           throw Error("backward: a node claimed a gradient of shape " +
                       shape_str(gin[i]->shape()) + " for an input of shape " + shape_str(want));
+        if (gin[i]->shares_storage(gout)) shared_[node.inputs[i]] = 1;
       }
   }
 }

@@ -38,7 +38,8 @@ struct Parameter {
 // Backward of one node: given dL/dout, add dL/dinput_i into *gin[i] for every non-null
 // gin[i] (null when that input needs no gradient). Buffers arrive zeroed, except for a
 // node recorded with writes_fresh: there *gin[i] is still unset when no gradient has
-// reached that input yet, and the node claims it (see claim_fresh) and writes.
+// reached that input yet, and the node claims it (see claim_fresh) and writes, or sets it
+// to gout itself (shared: the tape copies it before anything adds into it).
 using BackwardFn = std::function<void(const Tensor& gout, std::vector<Tensor*>& gin)>;
 
 // In a writes_fresh backward: when g is still unset, makes it an uninitialised tensor of
@@ -94,6 +95,7 @@ class Tape {
   std::vector<char> requires_;      // per variable
   std::vector<int> producer_;       // node index per variable, -1 for inputs
   std::vector<Tensor> grads_;       // per variable, after backward
+  std::vector<char> shared_;        // per variable: its gradient is another's storage
   std::vector<Node> nodes_;
   int new_var(const Shape& shape, bool requires_grad, int producer);
 };

@@ -702,14 +702,14 @@ Tensor relu_forward(const Tensor& x) {
   const float* s = x.data();
   float* d = y.data();
   const EltwiseKernels& k = eltwise();
-  parallel_for(x.numel(), [&](int64_t b, int64_t e) { k.relu(s + b, d + b, e - b); });
+  parallel_for(x.numel(), kEltwiseGrain, [&](int64_t b, int64_t e) { k.relu(s + b, d + b, e - b); });
   return y;
 }
 
 void relu_inplace(Tensor& y) {
   float* d = y.data();
   const EltwiseKernels& k = eltwise();
-  parallel_for(y.numel(), [&](int64_t b, int64_t e) { k.relu(d + b, d + b, e - b); });
+  parallel_for(y.numel(), kEltwiseGrain, [&](int64_t b, int64_t e) { k.relu(d + b, d + b, e - b); });
 }
 
 void add_relu_inplace(Tensor& y, const Tensor& x) {
@@ -718,7 +718,7 @@ void add_relu_inplace(Tensor& y, const Tensor& x) {
   float* d = y.data();
   const float* s = x.data();
   const EltwiseKernels& k = eltwise();
-  parallel_for(y.numel(), [&](int64_t b, int64_t e) {
+  parallel_for(y.numel(), kEltwiseGrain, [&](int64_t b, int64_t e) {
     // In cache-sized pieces, so the ReLU reads what the add just wrote from L1.
     for (int64_t p = b; p < e; p += 2048) {
       const int64_t q = std::min(e, p + 2048);
@@ -733,7 +733,7 @@ void relu_backward(const Tensor& gy, const Tensor& y, Tensor& gx) {
   const float* v = y.data();
   float* d = gx.data();
   const EltwiseKernels& k = eltwise();
-  parallel_for(y.numel(),
+  parallel_for(y.numel(), kEltwiseGrain,
                [&](int64_t b, int64_t e) { k.relu_backward(g + b, v + b, d + b, e - b); });
 }
 
@@ -744,7 +744,7 @@ void relu_mask(const Tensor& gy, const Tensor& y, Tensor& gx) {
   const float* g = gy.data();
   const float* v = y.data();
   float* d = gx.data();
-  parallel_for(y.numel(), [&](int64_t b, int64_t e) {
+  parallel_for(y.numel(), kEltwiseGrain, [&](int64_t b, int64_t e) {
     // Both operands loaded unconditionally, so the select vectorises (no branch on signs).
     for (int64_t i = b; i < e; ++i) {
       const float gi = g[i], vi = v[i];
@@ -978,7 +978,7 @@ Tensor add_forward(const Tensor& a, const Tensor& b) {
   const float *pa = a.data(), *pb = b.data();
   float* d = y.data();
   const EltwiseKernels& k = eltwise();
-  parallel_for(a.numel(), [&](int64_t s, int64_t e) { k.add(pa + s, pb + s, d + s, e - s); });
+  parallel_for(a.numel(), kEltwiseGrain, [&](int64_t s, int64_t e) { k.add(pa + s, pb + s, d + s, e - s); });
   return y;
 }
 
@@ -988,7 +988,7 @@ void add_into(Tensor& dst, const Tensor& src) {
   float* d = dst.data();
   const float* s = src.data();
   const EltwiseKernels& k = eltwise();
-  parallel_for(dst.numel(), [&](int64_t b, int64_t e) { k.add_into(d + b, s + b, e - b); });
+  parallel_for(dst.numel(), kEltwiseGrain, [&](int64_t b, int64_t e) { k.add_into(d + b, s + b, e - b); });
 }
 
 Tensor softmax_forward(const Tensor& x) {

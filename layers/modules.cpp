@@ -1,6 +1,7 @@
 #include "layers/modules.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "engine/gemm.h"
 #include "engine/gemm_prepacked.h"
@@ -48,8 +49,8 @@ Var add(Tape* tape, const Var& a, const Var& b) {
       [](const Tensor& gy, std::vector<Tensor*>& gin) {
         for (Tensor* g : gin) {
           if (!g) continue;
-          if (claim_fresh(*g, gy.shape()))
-            g->copy_from(gy);  // a copy: later gradients add into it, gy stays as it is
+          if (!g->defined())
+            *g = gy;  // shared; the tape copies it before another gradient adds in
           else
             add_into(*g, gy);
         }
@@ -167,24 +168,30 @@ std::shared_ptr<Conv2d::FastForms> Conv2d::own_forms() {
 }
 
 std::shared_ptr<Conv2d::FastForms> Conv2d::bn_forms(const BatchNorm2d& bn) {
-  std::vector<float> scale, shift;
-  bn.affine(scale, shift);
-  if (static_cast<int64_t>(scale.size()) != spec_.out_channels)
-    throw Error("Conv2d::forward_bn: the BatchNorm has " + std::to_string(scale.size()) +
-                " channels, the convolution " + std::to_string(spec_.out_channels));
+  const int64_t out = spec_.out_channels;
+  if (bn.weight.value.numel() != out)
+    throw Error("Conv2d::forward_bn: the BatchNorm has " + std::to_string(bn.weight.value.numel()) +
+                " channels, the convolution " + std::to_string(out));
+  // The BatchNorm's parameters as they are now (eps is fixed at construction).
+  std::vector<float> params(static_cast<size_t>(4 * out));
+  const Tensor* parts[] = {&bn.weight.value, &bn.bias.value, &bn.running_mean.value,
+                           &bn.running_var.value};
+  for (int i = 0; i < 4; ++i)
+    std::memcpy(params.data() + i * out, parts[i]->data(), static_cast<size_t>(out) * sizeof(float));
   std::lock_guard<std::mutex> lock(pack_mutex_);
   if (!packed_) return nullptr;
-  if (bn_forms_ && bn_forms_->bn_scale == scale && bn_forms_->bn_shift == shift) return bn_forms_;
+  if (bn_forms_ && bn_forms_->bn_params == params) return bn_forms_;
+  std::vector<float> scale, shift;
+  bn.affine(scale, shift);
   auto f = std::make_shared<FastForms>();
-  const int64_t out = spec_.out_channels, per = weight.value.numel() / out;
+  const int64_t per = weight.value.numel() / out;
   f->weight = Tensor::empty(weight.value.shape());
   f->bias = Tensor::empty({out});
   for (int64_t c = 0; c < out; ++c) {
     for (int64_t i = 0; i < per; ++i) f->weight[c * per + i] = weight.value[c * per + i] * scale[c];
     f->bias[c] = (has_bias_ ? bias.value[c] * scale[c] : 0.0f) + shift[c];
   }
-  f->bn_scale = std::move(scale);
-  f->bn_shift = std::move(shift);
+  f->bn_params = std::move(params);
   bn_forms_ = f;
   return f;
 }

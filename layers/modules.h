@@ -106,7 +106,7 @@ class Conv2d : public Module {
   // and GEMM weights packed as W or W^T.
   struct FastForms {
     Tensor weight, bias;  // bias undefined: none
-    std::vector<float> bn_scale, bn_shift;  // the BatchNorm folded in (bn forms only)
+    std::vector<float> bn_params;  // the BatchNorm folded in: weight, bias, mean, variance
     std::mutex mutex;
     std::shared_ptr<const WinogradFilter> winograd[2];
     std::shared_ptr<const PackedMatrix> gemm[2];

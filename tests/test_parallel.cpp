@@ -34,6 +34,27 @@ TEST_SUITE("parallel") {
     set_num_threads(0);
   }
 
+  TEST_CASE("a grain bounds the number of ranges; every index still runs once") {
+    set_num_threads(3);
+    for (int64_t grain : {1, 10, 100, 1000}) {
+      for (int64_t n : {1, 9, 10, 250, 999, 5000}) {
+        CAPTURE(grain);
+        CAPTURE(n);
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        std::atomic<int> calls{0};
+        parallel_for(n, grain, [&](int64_t b, int64_t e) {
+          ++calls;
+          for (int64_t i = b; i < e; ++i) ++hits[static_cast<size_t>(i)];
+        });
+        for (auto& h : hits) CHECK(h.load() == 1);
+        // At most one range per `grain` elements (and per thread), at least one.
+        CHECK(calls.load() >= 1);
+        CHECK(calls.load() <= std::max<int64_t>(1, std::min<int64_t>(3, n / grain)));
+      }
+    }
+    set_num_threads(0);
+  }
+
   TEST_CASE("an exception in a body reaches the caller, and the pool keeps working") {
     set_num_threads(2);
     CHECK_THROWS_AS(parallel_for(100, [](int64_t b, int64_t) {
