@@ -97,8 +97,10 @@ class Model {
   // others their weights packed for the GEMM kernels (as much again as the weights;
   // ISPLIT_PREPACK=0 turns that off), and a forward that wants no gradient of the
   // classifier's weights runs adaptive pool -> flatten -> linear as one smaller linear map
-  // when the pool upsamples a small input (VGG16 below 224x224). Evaluation forwards without weight gradients use them; load()
-  // refreshes them and training mode drops them.
+  // when the pool upsamples a small input (VGG16 below 224x224). Evaluation forwards without
+  // weight gradients use them; with a tape (the importance pass) ResNet-50's bottlenecks
+  // also run each conv with its BatchNorm folded into a copy of its weights (see
+  // Conv2d::forward_bn). load() refreshes them and training mode drops them.
   void pack_for_inference(bool on = true);
   // True while packed for inference.
   bool packed() const { return packed_; }
