@@ -76,7 +76,7 @@ class Tensor {
 void set_tensor_cache_limit(size_t bytes);
 // Bytes of freed tensor storage currently kept for reuse.
 size_t tensor_cache_bytes();
-// Bytes of large blocks (>= 64 KiB) taken from the system rather than from the cache so far
+// Bytes of blocks of a page or more (>= 4 KiB) taken from the system rather than from the cache so far
 // (a steady-state loop that allocates nothing new leaves this unchanged).
 size_t tensor_fresh_bytes();
 // Bytes of tensor storage in use now (every live tensor, rounded to 64-byte blocks), plus

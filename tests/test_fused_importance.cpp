@@ -17,6 +17,7 @@
 #include "layers/functional.h"
 #include "layers/modules.h"
 #include "layers/winograd.h"
+#include "models/model.h"
 
 using namespace isplit;
 
@@ -305,5 +306,28 @@ TEST_SUITE("importance_fast") {
           CHECK((std::isnan(b) ? std::isnan(y[o]) : y[o] == b));
           CHECK((std::isnan(yi[o]) ? std::isnan(y[o]) : y[o] == yi[o]));
         }
+  }
+
+  TEST_CASE("a packed ResNet-50 importance pass reuses every block after the first passes") {
+    // A head up to layer2.0 at 16x16: maps of 8x8 down to 2x2, blocks of 4-64 KiB.
+    auto model = build_model("resnet50", 10, 4, "layer2.0");
+    model->set_training(false);
+    model->pack_for_inference();
+    std::mt19937 rng(11);
+    const Tensor x = uniform(rng, {1, 3, 16, 16});
+    auto pass = [&] {
+      Tape tape = Tape::activations_only();
+      const Var out = model->forward(&tape, tape.input(x), nullptr, "layer2.0");
+      tape.backward(out, Tensor::full(out.value.shape(), 1.0f));
+      return tape.size();
+    };
+    const size_t nodes = pass();
+    // One node per bottleneck conv (BatchNorm and ReLU folded in) plus add and ReLU per
+    // block: far fewer than conv, BatchNorm and ReLU recorded separately.
+    CHECK(nodes < 40u);
+    pass();
+    const size_t fresh = tensor_fresh_bytes();
+    for (int i = 0; i < 3; ++i) pass();
+    CHECK(tensor_fresh_bytes() == fresh);  // folded weights, activations, gradients: reused
   }
 }
