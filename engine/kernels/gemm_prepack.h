@@ -101,7 +101,15 @@ void run_prepacked_panels(const PrepackedJob& g) {
         if (q + 1 < q1) __builtin_prefetch(c + MR * g.ldc, 1, 3);
         Kern::kernel(rows, cols, kc, ap0 + q * MR * kc, bp + t * tile_stride, ldbp,
                      prefetch && q == q0, false, c, g.ldc, mode, g.beta);
-        if (last) epilogue_block(g.epilogue, i0, rows, cols, c, g.ldc);
+        // The previous tile's epilogue, not this one's: its stores (masked at the edges,
+        // which cannot forward to loads) have left the store buffer by now.
+        if (last && q > q0)
+          epilogue_block(g.epilogue, i0 - MR, MR, cols, c - MR * g.ldc, g.ldc);
+      }
+      if (last && q1 > q0) {
+        const int64_t i0 = (q1 - 1) * MR;
+        epilogue_block(g.epilogue, i0, std::min<int64_t>(MR, g.r1 - i0), cols,
+                       g.c + i0 * g.ldc + j0 + t * NR, g.ldc);
       }
     }
   };
@@ -181,8 +189,10 @@ void run_prepacked_tiles(const PrepackedJob& g) {
             float* c = g.c + j0 * g.ldc + i0 + s0;
             Kern::kernel(static_cast<int>(s1 - s0), cols, kc, ap + r * MR * kc,
                          tiles + t * NR * kc, NR, false, true, c, g.ldc, mode, g.beta);
-            if (last) epilogue_block(g.epilogue, j0, cols, s1 - s0, c, g.ldc);
           }
+          // Once per tile, after all its kernels: the transposed tiles are written with
+          // masked stores, which cannot forward to the epilogue's loads right after them.
+          if (last) epilogue_block(g.epilogue, j0, cols, mc, g.c + j0 * g.ldc + i0, g.ldc);
         }
       }
     }
