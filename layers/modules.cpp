@@ -51,6 +51,8 @@ Var add(Tape* tape, const Var& a, const Var& b) {
           if (!g) continue;
           if (!g->defined())
             *g = gy;  // shared; the tape copies it before another gradient adds in
+          else if (g->shares_storage(gy))
+            *g = add_forward(gy, gy);  // add(x, x): x's gradient was just set to gy itself
           else
             add_into(*g, gy);
         }

@@ -242,6 +242,23 @@ TEST_SUITE("importance_fast") {
     }
   }
 
+  TEST_CASE("tape: add(x, x) gives x twice the gradient and leaves the sum's own intact") {
+    std::mt19937 rng(12);
+    const Tensor x = uniform(rng, {2, 3, 4});
+    const Tensor r = uniform(rng, x.shape());
+    Tape tape = Tape::activations_only();
+    const Var xin = tape.input(x, true);
+    const Var s = add(&tape, xin, xin);
+    const Var y = relu(&tape, s);
+    tape.backward(y, r);
+    const Tensor gs = tape.grad(s), gx = tape.grad(xin);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const float want = s.value[i] > 0.0f ? r[i] : 0.0f;
+      CHECK(gs[i] == want);
+      CHECK(gx[i] == 2.0f * want);
+    }
+  }
+
   TEST_CASE("tape: a fresh-writing node that writes nothing leaves zeros; a wrong claim throws") {
     const Tensor x = Tensor::full({2, 3}, 1.0f);
     {
