@@ -16,6 +16,17 @@ Tensor& grad_of(Parameter& p) {
   return p.grad;
 }
 
+// Folds y = scale * conv(x) + shift into a conv's weights w [out, ...] and bias b [out]:
+// w[c] *= scale[c], b[c] = b[c] * scale[c] + shift[c].
+void scale_shift_in_place(const std::vector<float>& scale, const std::vector<float>& shift,
+                          Tensor& w, Tensor& b) {
+  const int64_t out = b.numel(), per = w.numel() / out;
+  for (int64_t c = 0; c < out; ++c) {
+    for (int64_t i = 0; i < per; ++i) w[c * per + i] *= scale[c];
+    b[c] = b[c] * scale[c] + shift[c];
+  }
+}
+
 Parameter make_param(const Shape& shape, bool buffer = false) {
   Parameter p;
   p.value = Tensor::zeros(shape);
@@ -174,26 +185,27 @@ std::shared_ptr<Conv2d::FastForms> Conv2d::bn_forms(const BatchNorm2d& bn) {
   if (bn.weight.value.numel() != out)
     throw Error("Conv2d::forward_bn: the BatchNorm has " + std::to_string(bn.weight.value.numel()) +
                 " channels, the convolution " + std::to_string(out));
-  // The BatchNorm's parameters as they are now (eps is fixed at construction).
-  std::vector<float> params(static_cast<size_t>(4 * out));
+  // The BatchNorm's parameters as they are now (eps is fixed at construction), compared
+  // with those the kept forms were folded from.
   const Tensor* parts[] = {&bn.weight.value, &bn.bias.value, &bn.running_mean.value,
                            &bn.running_var.value};
-  for (int i = 0; i < 4; ++i)
-    std::memcpy(params.data() + i * out, parts[i]->data(), static_cast<size_t>(out) * sizeof(float));
+  const size_t bytes = static_cast<size_t>(out) * sizeof(float);
   std::lock_guard<std::mutex> lock(pack_mutex_);
   if (!packed_) return nullptr;
-  if (bn_forms_ && bn_forms_->bn_params == params) return bn_forms_;
+  if (bn_forms_) {
+    bool same = true;
+    for (int i = 0; i < 4 && same; ++i)
+      same = std::memcmp(bn_forms_->bn_params.data() + i * out, parts[i]->data(), bytes) == 0;
+    if (same) return bn_forms_;
+  }
   std::vector<float> scale, shift;
   bn.affine(scale, shift);
   auto f = std::make_shared<FastForms>();
-  const int64_t per = weight.value.numel() / out;
-  f->weight = Tensor::empty(weight.value.shape());
-  f->bias = Tensor::empty({out});
-  for (int64_t c = 0; c < out; ++c) {
-    for (int64_t i = 0; i < per; ++i) f->weight[c * per + i] = weight.value[c * per + i] * scale[c];
-    f->bias[c] = (has_bias_ ? bias.value[c] * scale[c] : 0.0f) + shift[c];
-  }
-  f->bn_params = std::move(params);
+  f->weight = weight.value.clone();
+  f->bias = has_bias_ ? bias.value.clone() : Tensor::zeros({out});
+  scale_shift_in_place(scale, shift, f->weight, f->bias);
+  f->bn_params.resize(static_cast<size_t>(4 * out));
+  for (int i = 0; i < 4; ++i) std::memcpy(f->bn_params.data() + i * out, parts[i]->data(), bytes);
   bn_forms_ = f;
   return f;
 }
@@ -289,14 +301,11 @@ void Conv2d::fold_scale_shift(const std::vector<float>& scale, const std::vector
   const int64_t out = spec_.out_channels;
   if (static_cast<int64_t>(scale.size()) != out || static_cast<int64_t>(shift.size()) != out)
     throw Error("Conv2d::fold_scale_shift: channel count mismatch");
-  const int64_t per = weight.value.numel() / out;
-  for (int64_t c = 0; c < out; ++c)
-    for (int64_t i = 0; i < per; ++i) weight.value[c * per + i] *= scale[c];
   if (!has_bias_) {
     bias = make_param({out});
     has_bias_ = true;
   }
-  for (int64_t c = 0; c < out; ++c) bias.value[c] = bias.value[c] * scale[c] + shift[c];
+  scale_shift_in_place(scale, shift, weight.value, bias.value);
   drop_forms();
 }
 

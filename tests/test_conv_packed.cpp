@@ -20,21 +20,16 @@
 #include "layers/modules.h"
 #include "layers/winograd.h"
 #include "models/model.h"
+#include "tests/tensor_util.h"
 
 using namespace isplit;
 
 namespace {
 
-Tensor random_tensor(std::mt19937& rng, const Shape& shape) {
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  Tensor t = Tensor::empty(shape);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = dist(rng);
-  return t;
-}
+using isplit::testing::same_bits;
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() &&
-         std::memcmp(a.data(), b.data(), static_cast<size_t>(a.numel()) * sizeof(float)) == 0;
+Tensor random_tensor(std::mt19937& rng, const Shape& shape) {
+  return isplit::testing::uniform_tensor(rng, shape);
 }
 
 struct ConvCase {

@@ -14,6 +14,7 @@
 #include "engine/kernels/winograd.h"
 #include "engine/parallel.h"
 #include "layers/winograd.h"
+#include "tests/tensor_util.h"
 
 using namespace isplit;
 
@@ -50,10 +51,7 @@ double scaled_error(const Tensor& ours, const Tensor& ref, const Tensor& x, cons
   return worst;
 }
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.numel() == b.numel() &&
-         std::memcmp(a.data(), b.data(), static_cast<size_t>(a.numel()) * sizeof(float)) == 0;
-}
+using isplit::testing::same_bits;
 
 // The bound on scaled_error. F(4x4, 3x3)'s transforms have entries up to 8 and its filter
 // transform divides by 6 and 24, so it rounds worse than a direct sum; the worst measured
