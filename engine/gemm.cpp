@@ -130,17 +130,80 @@ std::unique_ptr<PackedMatrix> PackedMatrix::pack_owned(bool trans, int64_t m, in
 }
 
 int64_t PackedMatrix::packed_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
   return (data_[0].numel() + data_[1].numel()) * static_cast<int64_t>(sizeof(float));
 }
 
+int64_t PackedMatrix::source_extent() const {
+  if (m_ <= 0 || k_ <= 0) return 0;
+  return trans_ ? (k_ - 1) * lda_ + m_ : (m_ - 1) * lda_ + k_;
+}
+
 const float* PackedMatrix::layout(bool lanes_m) const {
+  const int slot = lanes_m ? 1 : 0;
+  if (const float* p = ready_[slot].load(std::memory_order_acquire)) return p;
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (const float* p = ready_[slot].load(std::memory_order_relaxed)) return p;
   const PrepackKernels* kern = prepack_kernels(isa_);
-  std::call_once(once_[lanes_m ? 1 : 0], [&] {
-    Tensor t = Tensor::zeros({kern->floats(lanes_m, m_, k_)});
-    kern->pack(lanes_m, trans_, a_, lda_, m_, k_, t.data());
-    data_[lanes_m ? 1 : 0] = std::move(t);
-  });
-  return data_[lanes_m ? 1 : 0].data();
+  const float* src = nullptr;
+  Tensor keep = source_locked(&src);  // an unpacked copy once the source is released
+  Tensor t = Tensor::zeros({kern->floats(lanes_m, m_, k_)});
+  kern->pack(lanes_m, trans_, src, lda_, m_, k_, t.data());
+  data_[slot] = std::move(t);
+  ready_[slot].store(data_[slot].data(), std::memory_order_release);
+  return data_[slot].data();
+}
+
+Tensor PackedMatrix::source_locked(const float** src) const {
+  if (!released_) {
+    *src = a_;
+    return Tensor();
+  }
+  Tensor copy = Tensor::zeros({std::max<int64_t>(1, source_extent())});
+  unpack_locked(copy.data());
+  *src = copy.data();
+  return copy;
+}
+
+bool PackedMatrix::release_source() {
+  if (owned_) return true;  // pack_owned never reads a_ after packing
+  const PrepackKernels* kern = prepack_kernels(isa_);
+  // Unpacking packs the source offsets + 1 as floats, exact up to 2^24.
+  if (!kern || source_extent() >= (int64_t{1} << 24)) return false;
+  if (!ready_[0].load(std::memory_order_acquire) && !ready_[1].load(std::memory_order_acquire))
+    (void)layout(false);
+  std::lock_guard<std::mutex> lock(mutex_);
+  released_ = true;
+  return true;
+}
+
+bool PackedMatrix::source_released() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return released_ || owned_;
+}
+
+void PackedMatrix::unpack(float* a) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  unpack_locked(a);
+}
+
+void PackedMatrix::unpack_locked(float* a) const {
+  const PrepackKernels* kern = prepack_kernels(isa_);
+  const int slot = data_[0].defined() ? 0 : data_[1].defined() ? 1 : -1;
+  if (!kern || slot < 0) throw Error("PackedMatrix::unpack: no layout has been made");
+  const int64_t extent = source_extent();
+  if (extent >= (int64_t{1} << 24))
+    throw Error("PackedMatrix::unpack: " + std::to_string(extent) + " elements, more than 2^24");
+  // Where each element of the layout came from: pack the offsets (+ 1, 0 is padding).
+  Tensor offsets = Tensor::empty({std::max<int64_t>(1, extent)});
+  for (int64_t i = 0; i < extent; ++i) offsets.data()[i] = static_cast<float>(i + 1);
+  const Tensor& packed = data_[slot];
+  Tensor where = Tensor::zeros({packed.numel()});
+  kern->pack(slot == 1, trans_, offsets.data(), lda_, m_, k_, where.data());
+  const float* w = where.data();
+  const float* v = packed.data();
+  for (int64_t p = 0; p < packed.numel(); ++p)
+    if (w[p] > 0.0f) a[static_cast<int64_t>(w[p]) - 1] = v[p];
 }
 
 namespace {
@@ -181,7 +244,12 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
   const PrepackKernels* kern = prepack_kernels(isa);
   if (!kern || isa != a.isa_) {
     // No layout for this ISA (scalar kernels, or the ISA was switched since packing).
+    Tensor copy;  // the source unpacked, once released
     const float* src = a.owned_ ? a.data_[0].data() : a.a_;
+    if (!a.owned_ && a.source_released()) {
+      std::lock_guard<std::mutex> lock(a.mutex_);
+      copy = a.source_locked(&src);
+    }
     const GemmArgs g{a.trans_, trans_b, m, n, k, src, a.lda_, b, ldb, beta, c, ldc};
     if (threaded) {
       gemm(g);

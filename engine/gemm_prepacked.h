@@ -3,6 +3,7 @@
 // every call (at batch 1 and small feature maps the packing of the weights costs as much
 // as the multiply-adds). Results are bit-identical to gemm() on the same operands.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -23,7 +24,8 @@ struct GemmEpilogue {
 // op(A) [M x K] packed for the kernels of the ISA active when it was made. Two layouts,
 // each made on first use (thread-safe): panels of MR rows for C with vector lanes along N,
 // and NR-column tiles of op(A)^T for C with lanes along M (few columns, the batch-1 shape
-// of small feature maps). The source matrix must outlive this object and not change.
+// of small feature maps). The source matrix must outlive this object and not change, until
+// release_source() lets it go.
 class PackedMatrix {
  public:
   // Remembers op(A): A is M x K (row stride lda), or with trans K x M.
@@ -43,19 +45,37 @@ class PackedMatrix {
   int64_t k() const { return k_; }
   // Bytes of the layouts made so far.
   int64_t packed_bytes() const;
+  // Stops reading the source matrix, which may then be freed: a layout made later is
+  // packed from a copy unpacked from one made before (the lanes-along-N layout is made now
+  // when none is). False, and the source is still read, when the ISA has no packed kernels
+  // or the matrix is too large to unpack exactly (more than 2^24 elements).
+  bool release_source();
+  // True once release_source() succeeded.
+  bool source_released() const;
+  // Writes the source matrix back into a (M x K, or with trans K x M, row stride as given at
+  // construction), bit for bit, from a layout already made; throws when none is.
+  void unpack(float* a) const;
 
  private:
   friend void run_prepacked_gemm(const PackedMatrix&, bool, int64_t, const float*, int64_t, float,
                                  float*, int64_t, const GemmEpilogue&, bool);
   // The layout for lanes along M (lanes_m) or along N, packed on first use.
   const float* layout(bool lanes_m) const;
+  // Floats spanned by the source matrix (its last element's offset + 1).
+  int64_t source_extent() const;
+  // unpack() with mutex_ held.
+  void unpack_locked(float* a) const;
+  // The source matrix as a tensor: a_ itself (not owned) or, once released, an unpacked copy.
+  Tensor source_locked(const float** src) const;
   bool trans_;
   int64_t m_, k_;
   const float* a_;
   int64_t lda_;
   Isa isa_;
-  bool owned_ = false;  // made by pack_owned: a_ is unused, data_[0] holds everything
-  mutable std::once_flag once_[2];
+  bool owned_ = false;     // made by pack_owned: a_ is unused, data_[0] holds everything
+  bool released_ = false;  // release_source() succeeded: a_ is no longer read
+  mutable std::mutex mutex_;  // guards making layouts, data_ and released_
+  mutable std::atomic<const float*> ready_[2] = {{nullptr}, {nullptr}};
   mutable Tensor data_[2];
 };
 

@@ -25,6 +25,9 @@ constexpr size_t kAlign = 64;
 // again on the next pass, about 90 page faults per importance pass on this VM.
 class BlockCache {
  public:
+  // While set on a thread, blocks freed there go back to the system instead of the cache
+  // (storage that is not about to be asked for again, like weights released once packed).
+  static thread_local bool returning_to_system;
   static BlockCache& instance() {
     static BlockCache* cache = new BlockCache();  // never destroyed: tensors may outlive main
     return *cache;
@@ -61,7 +64,7 @@ class BlockCache {
   void give(void* p, size_t bytes) {
     live_.fetch_sub(bytes, std::memory_order_relaxed);
     std::lock_guard<std::mutex> lock(mutex_);
-    if (bytes < kMinCached || cached_ + bytes > limit_) {
+    if (bytes < kMinCached || cached_ + bytes > limit_ || returning_to_system) {
       std::free(p);
       return;
     }
@@ -107,6 +110,8 @@ class BlockCache {
     return std::min(phys / 4, size_t{8} << 30);
   }
 };
+
+thread_local bool BlockCache::returning_to_system = false;
 
 std::shared_ptr<float> allocate(int64_t numel) {
   size_t bytes = static_cast<size_t>(numel) * sizeof(float);
@@ -203,23 +208,45 @@ Tensor Tensor::slice0(int64_t begin, int64_t end) const {
   return t;
 }
 
+namespace {
+// Throws when t has elements but no storage (released).
+void check_values(const Tensor& t, const char* op) {
+  if (t.numel() && !t.defined())
+    throw Error(std::string(op) + ": tensor " + shape_str(t.shape()) +
+                " has no values (released into a packed form)");
+}
+}  // namespace
+
+void Tensor::release_storage() {
+  // When this was the last handle, the block goes back to the system, not to the cache.
+  BlockCache::returning_to_system = true;
+  storage_.reset();
+  BlockCache::returning_to_system = false;
+  data_ = nullptr;
+}
+
 Tensor Tensor::clone() const {
+  check_values(*this, "clone");
   Tensor t = empty(shape_);
   if (numel_) std::memcpy(t.data_, data_, bytes());
   return t;
 }
 
 void Tensor::zero() {
+  check_values(*this, "zero");
   if (numel_) std::memset(data_, 0, bytes());  // all-zero bits are +0.0f
 }
 
 void Tensor::fill(float value) {
+  check_values(*this, "fill");
   for (int64_t i = 0; i < numel_; ++i) data_[i] = value;
 }
 
 void Tensor::copy_from(const Tensor& src) {
   if (src.numel_ != numel_)
     throw Error("copy_from: " + shape_str(src.shape_) + " into " + shape_str(shape_));
+  check_values(*this, "copy_from");
+  check_values(src, "copy_from");
   if (numel_) std::memmove(data_, src.data_, bytes());
 }
 

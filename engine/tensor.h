@@ -61,6 +61,9 @@ class Tensor {
   void zero();
   // Copies the elements of src (same numel) into this tensor.
   void copy_from(const Tensor& src);
+  // Frees this handle's hold on the storage and keeps the shape: defined() turns false,
+  // shape() and numel() stay (a parameter whose values live only in a packed form).
+  void release_storage();
   // True when both tensors share the same storage.
   bool shares_storage(const Tensor& other) const { return storage_ == other.storage_; }
 

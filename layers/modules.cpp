@@ -130,17 +130,34 @@ void Conv2d::named_parameters(const std::string& prefix, NamedParams& out) {
   if (has_bias_) out.emplace_back(prefix + "bias", &bias);
 }
 
-void Conv2d::drop_forms() {
-  std::lock_guard<std::mutex> lock(pack_mutex_);
+void Conv2d::drop_forms_locked() {
+  if (forms_) {
+    std::lock_guard<std::mutex> lock(forms_->mutex);
+    (void)forms_->plain_locked();  // the packed forms may hold the only copy
+  }
   forms_.reset();  // made again from the current weights on next use
   bn_forms_.reset();
 }
 
 void Conv2d::pack_for_inference(bool on) {
   std::lock_guard<std::mutex> lock(pack_mutex_);
+  drop_forms_locked();
   packed_ = on;
-  forms_.reset();
-  bn_forms_.reset();
+}
+
+void Conv2d::unpack_weights() {
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  if (!forms_) return;
+  std::lock_guard<std::mutex> flock(forms_->mutex);
+  (void)forms_->plain_locked();
+  forms_->keep_plain = true;  // a caller holds the values: no release until the next pack
+}
+
+Tensor Conv2d::plain_weight() {
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  if (!forms_) return weight.value;
+  std::lock_guard<std::mutex> flock(forms_->mutex);
+  return forms_->plain_locked();
 }
 
 void Conv2d::set_training(bool training) {
@@ -152,21 +169,55 @@ const WinogradFilter* Conv2d::FastForms::winograd_filter(const Conv2dSpec& s, bo
   if (!winograd_applies(s)) return nullptr;
   std::lock_guard<std::mutex> lock(mutex);
   auto& slot = winograd[transposed ? 1 : 0];
-  if (!slot || slot->isa != active_isa())  // packed for the kernels of one ISA
-    slot = std::make_shared<const WinogradFilter>(transposed ? isplit::winograd_filter_transposed(weight)
-                                                             : isplit::winograd_filter(weight));
+  if (!slot || slot->isa != active_isa()) {  // packed for the kernels of one ISA
+    const Tensor& w = plain_locked();
+    slot = std::make_shared<const WinogradFilter>(transposed ? isplit::winograd_filter_transposed(w)
+                                                             : isplit::winograd_filter(w));
+  }
   return slot.get();
 }
 
 const PackedMatrix* Conv2d::FastForms::gemm_weights(const Conv2dSpec& s, bool transposed) {
   if (s.groups != 1 || !gemm_prepack_enabled()) return nullptr;
   std::lock_guard<std::mutex> lock(mutex);
-  const int64_t cout = s.out_channels, k = weight.numel() / cout;
   auto& slot = gemm[transposed ? 1 : 0];
-  if (!slot)
-    slot = transposed ? std::make_shared<const PackedMatrix>(true, k, cout, weight.data(), k)
-                      : std::make_shared<const PackedMatrix>(false, cout, k, weight.data(), k);
+  if (!slot) {
+    const Tensor& w = plain_locked();  // stays until settle(), which packs before releasing
+    const int64_t cout = s.out_channels, k = w.numel() / cout;
+    slot = transposed ? std::make_shared<PackedMatrix>(true, k, cout, w.data(), k)
+                      : std::make_shared<PackedMatrix>(false, cout, k, w.data(), k);
+  }
   return slot.get();
+}
+
+void Conv2d::FastForms::settle() {
+  std::lock_guard<std::mutex> lock(mutex);
+  if (released.load(std::memory_order_relaxed) || keep_plain) return;
+  if (!gemm[0] && !gemm[1]) return;
+  for (auto& g : gemm)
+    if (g && !g->release_source()) {
+      keep_plain = true;  // this ISA or size cannot unpack: the plain weights stay
+      return;
+    }
+  weight.release_storage();
+  if (mirror) mirror->release_storage();
+  released.store(true, std::memory_order_release);
+}
+
+const Tensor& Conv2d::FastForms::plain_locked() {
+  if (!released.load(std::memory_order_relaxed)) return weight;
+  const PackedMatrix* from = gemm[0] ? gemm[0].get() : gemm[1].get();
+  Tensor w = Tensor::empty(weight.shape());
+  from->unpack(w.data());  // W [cout, k], or as W^T's source: the same storage
+  weight = w;
+  if (mirror) *mirror = w;  // shares the storage
+  released.store(false, std::memory_order_release);
+  return weight;
+}
+
+Tensor Conv2d::FastForms::plain() {
+  std::lock_guard<std::mutex> lock(mutex);
+  return plain_locked();
 }
 
 std::shared_ptr<Conv2d::FastForms> Conv2d::own_forms() {
@@ -175,6 +226,7 @@ std::shared_ptr<Conv2d::FastForms> Conv2d::own_forms() {
   if (!forms_) {
     forms_ = std::make_shared<FastForms>();
     forms_->weight = weight.value;  // shares the storage: no copy
+    forms_->mirror = &weight.value;
     if (has_bias_) forms_->bias = bias.value;
   }
   return forms_;
@@ -201,7 +253,12 @@ std::shared_ptr<Conv2d::FastForms> Conv2d::bn_forms(const BatchNorm2d& bn) {
   std::vector<float> scale, shift;
   bn.affine(scale, shift);
   auto f = std::make_shared<FastForms>();
-  f->weight = weight.value.clone();
+  if (forms_) {
+    std::lock_guard<std::mutex> flock(forms_->mutex);
+    f->weight = forms_->plain_locked().clone();
+  } else {
+    f->weight = weight.value.clone();
+  }
   f->bias = has_bias_ ? bias.value.clone() : Tensor::zeros({out});
   scale_shift_in_place(scale, shift, f->weight, f->bias);
   f->bn_params.resize(static_cast<size_t>(4 * out));
@@ -215,9 +272,12 @@ Tensor Conv2d::forward_with(FastForms& f, const Tensor& x, bool relu) const {
   if (winograd_pays(x.shape(), spec_))
     if (const WinogradFilter* wf = f.winograd_filter(spec_, false))
       return conv2d_forward_winograd(x, *wf, b, spec_, relu);
-  if (const PackedMatrix* pw = f.gemm_weights(spec_, false))
-    return conv2d_forward_packed(x, *pw, b, spec_, relu);
-  Tensor y = conv2d_forward(x, f.weight, b, spec_);
+  if (const PackedMatrix* pw = f.gemm_weights(spec_, false)) {
+    Tensor y = conv2d_forward_packed(x, *pw, b, spec_, relu);
+    if (!f.released.load(std::memory_order_acquire)) f.settle();
+    return y;
+  }
+  Tensor y = conv2d_forward(x, f.plain(), b, spec_);
   if (relu) relu_inplace(y);
   return y;
 }
@@ -226,15 +286,18 @@ void Conv2d::backward_data_with(FastForms& f, const Tensor& gy, Tensor& gx, bool
   if (winograd_backward_pays(gy.shape(), spec_))
     if (const WinogradFilter* wt = f.winograd_filter(spec_, true))
       return conv2d_backward_data_winograd(gy, *wt, spec_, gx, add);
-  if (const PackedMatrix* pt = f.gemm_weights(spec_, true))
-    return conv2d_backward_data_packed(gy, *pt, spec_, gx, add);
-  conv2d_backward_data(gy, f.weight, spec_, gx, add);
+  if (const PackedMatrix* pt = f.gemm_weights(spec_, true)) {
+    conv2d_backward_data_packed(gy, *pt, spec_, gx, add);
+    if (!f.released.load(std::memory_order_acquire)) f.settle();
+    return;
+  }
+  conv2d_backward_data(gy, f.plain(), spec_, gx, add);
 }
 
 Tensor Conv2d::infer(const Tensor& x, bool relu) {
   if (!training_)
     if (std::shared_ptr<FastForms> f = own_forms()) return forward_with(*f, x, relu);
-  Tensor y = conv2d_forward(x, weight.value, has_bias_ ? &bias.value : nullptr, spec_);
+  Tensor y = conv2d_forward(x, plain_weight(), has_bias_ ? &bias.value : nullptr, spec_);
   if (relu) relu_inplace(y);
   return y;
 }
@@ -245,25 +308,26 @@ Var Conv2d::forward(Tape* tape, const Var& x) {
     return Var{infer(x.value, true)};
   }
   // A weight gradient needs the direct path's exact forward; otherwise infer() picks.
-  Tensor y = tape && tape->wants(weight)
-                 ? conv2d_forward(x.value, weight.value, has_bias_ ? &bias.value : nullptr, spec_)
-                 : infer(x.value, false);
+  const bool want_w = tape && tape->wants(weight);
+  Tensor wv = want_w ? plain_weight() : Tensor();  // the plain weights, unpacked if need be
+  Tensor y = want_w ? conv2d_forward(x.value, wv, has_bias_ ? &bias.value : nullptr, spec_)
+                    : infer(x.value, false);
   if (!tape) return Var{y};
-  const bool want_w = tape->wants(weight);
   const bool want_b = has_bias_ && tape->wants(bias);
   Tensor xv = want_w ? x.value : Tensor();  // kept only for the weight gradient
   // The data gradient through the fast forms when the weights need no gradient.
   std::shared_ptr<FastForms> forms = !want_w && !training_ ? own_forms() : nullptr;
+  if (!forms && !want_w) wv = plain_weight();
   const Shape xs = x.value.shape();
   return tape->record(
       y, {&x},
-      [this, xv, xs, want_w, want_b, forms](const Tensor& gy, std::vector<Tensor*>& gin) {
+      [this, xv, wv, xs, want_w, want_b, forms](const Tensor& gy, std::vector<Tensor*>& gin) {
         if (gin[0]) {
           const bool add = !claim_fresh(*gin[0], xs);
           if (forms)
             backward_data_with(*forms, gy, *gin[0], add);
           else
-            conv2d_backward_data(gy, weight.value, spec_, *gin[0], add);
+            conv2d_backward_data(gy, wv, spec_, *gin[0], add);
         }
         if (want_w) conv2d_backward_weight(gy, xv, spec_, &grad_of(weight), nullptr);
         if (want_b) channel_sum_add(gy, grad_of(bias));
@@ -305,8 +369,9 @@ void Conv2d::fold_scale_shift(const std::vector<float>& scale, const std::vector
     bias = make_param({out});
     has_bias_ = true;
   }
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  drop_forms_locked();  // restores the plain weights first
   scale_shift_in_place(scale, shift, weight.value, bias.value);
-  drop_forms();
 }
 
 // ------------------------------------------------------------------ ReLU

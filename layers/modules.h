@@ -1,5 +1,6 @@
 // Layers as modules: parameters plus a forward that records its backward on a tape.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <random>
@@ -40,6 +41,9 @@ class Module {
   // Lets the convolutions inside keep weights in the forms their fast inference paths use
   // (on = false drops them). Only for a network whose weights no longer change.
   virtual void pack_for_inference(bool on) {}
+  // Gives every parameter its plain values again where a packed form held the only copy
+  // (see Conv2d::pack_for_inference).
+  virtual void unpack_weights() {}
   // Switches training mode (BatchNorm statistics, Dropout).
   virtual void set_training(bool training) { training_ = training; }
   // True in training mode.
@@ -78,9 +82,13 @@ class Conv2d : public Module {
   // While on, a forward in evaluation mode that needs no weight gradient may run Winograd
   // (layers/winograd.h) on filters transformed on first use and kept, and so may its
   // backward's data gradient (the importance pass), and the other forwards use weights
-  // packed once for the GEMM kernels (as much memory again as the weights); a change of
-  // weights through fold_scale_shift re-packs them, training mode or on = false drops them.
+  // packed once for the GEMM kernels. The packed GEMM weights then replace the plain ones
+  // (released after the first call that packed them; Winograd filters add 4x the weights
+  // of the layers they serve): whatever needs the plain weights (a weight gradient, a
+  // BatchNorm fold, unpack_weights, on = false, training mode) unpacks them bit for bit. A
+  // change of weights through fold_scale_shift re-packs them.
   void pack_for_inference(bool on) override;
+  void unpack_weights() override;
   void set_training(bool training) override;
   // Inference: conv(x) + b, then max(., 0) when relu; no tape (when packed: Winograd
   // where it pays, else the prepacked GEMM with bias and ReLU in its epilogue).
@@ -103,19 +111,30 @@ class Conv2d : public Module {
  private:
   // One set of weights (and bias) in the forms the fast paths use, each made on first use
   // (thread-safe): Winograd filters for the forward and, transposed, the data gradient,
-  // and GEMM weights packed as W or W^T.
+  // and GEMM weights packed as W or W^T. Once the GEMM forms made so far can stand alone
+  // (settle), they hold the only copy: the plain weights are released and unpacked again,
+  // bit for bit, when a new form or a caller needs them.
   struct FastForms {
-    Tensor weight, bias;  // bias undefined: none
+    Tensor weight, bias;  // bias undefined: none; weight: shape only while released
+    Tensor* mirror = nullptr;  // the layer's own weight.value (own forms): released with weight
     std::vector<float> bn_params;  // the BatchNorm folded in: weight, bias, mean, variance
     std::mutex mutex;
+    std::atomic<bool> released{false};
+    bool keep_plain = false;  // a GEMM form could not release its source: never retry
     std::shared_ptr<const WinogradFilter> winograd[2];
-    std::shared_ptr<const PackedMatrix> gemm[2];
+    std::shared_ptr<PackedMatrix> gemm[2];
     // The Winograd filter (transposed: of the data gradient), or null when Winograd does
     // not apply to the layer.
     const WinogradFilter* winograd_filter(const Conv2dSpec& s, bool transposed);
     // The packed GEMM weights (transposed: W^T), or null for grouped layers or when
     // prepacking is off.
     const PackedMatrix* gemm_weights(const Conv2dSpec& s, bool transposed);
+    // Releases the plain weights when every GEMM form made so far can do without them.
+    void settle();
+    // The plain weights (unpacked into weight, and mirror, when released); mutex held.
+    const Tensor& plain_locked();
+    // plain_locked() under the mutex, as a handle sharing the storage.
+    Tensor plain();
   };
   // This layer's own forms (made on first use); null when not packed.
   std::shared_ptr<FastForms> own_forms();
@@ -125,8 +144,11 @@ class Conv2d : public Module {
   Tensor forward_with(FastForms& f, const Tensor& x, bool relu) const;
   // The data gradient of gy through f's weights, added into gx (add = false: written).
   void backward_data_with(FastForms& f, const Tensor& gy, Tensor& gx, bool add) const;
-  // Drops every cached form (weights changed, or packing turned off).
-  void drop_forms();
+  // Drops every cached form (weights changed, or packing turned off), with the plain
+  // weights restored first; pack_mutex_ held.
+  void drop_forms_locked();
+  // The plain weights, unpacked first when only a packed form holds them.
+  Tensor plain_weight();
   Conv2dSpec spec_;
   bool has_bias_;
   bool packed_ = false;

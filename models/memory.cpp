@@ -33,7 +33,7 @@ std::vector<HeadMemory> measure_cut_memory(Model& model, const Shape& input) {
   for (size_t i = 0; i < cuts.size(); ++i) position[cuts[i].name] = i;
   // Weights per cut point stage; a parameter belongs to the stage whose name + "." starts it.
   std::vector<size_t> stage_bytes(cuts.size(), 0);
-  for (auto& [name, p] : model.named_parameters()) {
+  for (auto& [name, p] : model.named_parameters(false)) {  // sizes only
     for (size_t dot = name.find('.'); dot != std::string::npos; dot = name.find('.', dot + 1)) {
       auto it = position.find(name.substr(0, dot));
       if (it != position.end()) {

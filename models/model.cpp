@@ -111,7 +111,9 @@ std::vector<StageInfo> Model::stage_info(const Shape& input) const {
   return out;
 }
 
-NamedParams Model::named_parameters() {
+NamedParams Model::named_parameters(bool plain) {
+  if (plain)
+    for (Stage& s : stages_) s.module->unpack_weights();
   NamedParams out;
   for (Stage& s : stages_) s.module->named_parameters(s.name + ".", out);
   return out;
@@ -119,7 +121,7 @@ NamedParams Model::named_parameters() {
 
 int64_t Model::parameter_count() {
   int64_t n = 0;
-  for (auto& p : named_parameters())
+  for (auto& p : named_parameters(false))
     if (!p.second->is_buffer) n += p.second->value.numel();
   return n;
 }
@@ -147,7 +149,7 @@ void Model::seed_dropout(uint64_t seed) {
 }
 
 void Model::zero_grad() {
-  for (auto& p : named_parameters()) p.second->zero_grad();
+  for (auto& p : named_parameters(false)) p.second->zero_grad();
 }
 
 void Model::load(const SafetensorsReader& file) {

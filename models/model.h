@@ -62,8 +62,11 @@ class Model {
   // Shapes, FLOPs and parameter counts per stage for an input [N,3,H,W].
   std::vector<StageInfo> stage_info(const Shape& input) const;
 
-  // Parameters and buffers with torchvision's state_dict() names, in its order.
-  NamedParams named_parameters();
+  // Parameters and buffers with torchvision's state_dict() names, in its order. plain = true
+  // unpacks the weights that a packed model keeps only in packed form (see
+  // pack_for_inference) so that every value can be read and written; plain = false leaves
+  // them as they are: shapes and counts are right, released values are undefined tensors.
+  NamedParams named_parameters(bool plain = true);
   // Total learnable parameter count.
   int64_t parameter_count();
   // Switches every module between training and evaluation mode; dropout=false keeps
@@ -94,8 +97,9 @@ class Model {
   // Prepares the fast inference paths (on = false undoes it), each made on first use:
   // convolutions that Winograd computes keep transformed filters (only layers whose input
   // shape makes Winograd pay, see winograd_pays; up to 4x their weights' memory), the
-  // others their weights packed for the GEMM kernels (as much again as the weights;
-  // ISPLIT_PREPACK=0 turns that off), and a forward that wants no gradient of the
+  // others their weights packed for the GEMM kernels, which then replace the plain weights
+  // (unpacked bit for bit when named_parameters(), save() or training needs them;
+  // ISPLIT_PREPACK=0 turns packing off), and a forward that wants no gradient of the
   // classifier's weights runs adaptive pool -> flatten -> linear as one smaller linear map
   // when the pool upsamples a small input (VGG16 below 224x224). Evaluation forwards without
   // weight gradients use them; with a tape (the importance pass) ResNet-50's bottlenecks

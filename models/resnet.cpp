@@ -87,6 +87,10 @@ class Bottleneck : public Module {
     for (Module* m : members()) m->pack_for_inference(on);
   }
 
+  void unpack_weights() override {
+    for (Module* m : members()) m->unpack_weights();
+  }
+
   void fold_batchnorm() override {
     fold_conv_bn(conv1_, bn1_);
     fold_conv_bn(conv2_, bn2_);

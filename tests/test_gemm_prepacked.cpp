@@ -3,6 +3,7 @@
 // multi-block shapes and transposed operands.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -175,5 +176,73 @@ TEST_SUITE("gemm_prepacked") {
     gemm_prepacked(packed, false, 500, b.data(), 500, 0.0f, c.data(), 500);
     if (prepack_kernels(active_isa())) CHECK(packed.packed_bytes() >= 64 * 32 * 4);
     CHECK_THROWS_AS(PackedMatrix(false, -1, 3, a.data(), 3), Error);
+  }
+
+  TEST_CASE("a released source is unpacked bit for bit and still feeds the other layout") {
+    Restore restore;
+    std::mt19937 rng(31);
+    struct Shape3 {
+      bool ta;
+      int64_t m, k, pad, n_first, n_second;  // n picks the layout: wide N, then narrow N
+    };
+    const Shape3 shapes[] = {{false, 256, 200, 0, 700, 4},   // panels first, tiles later
+                             {false, 300, 170, 5, 4, 500},   // tiles first, panels later
+                             {true, 1152, 128, 0, 4, 196},   // W^T of a 3x3 convolution
+                             {true, 37, 53, 3, 500, 2},
+                             {false, 13, 7, 1, 1, 64}};
+    for (Isa isa : supported_isas()) {
+      set_active_isa(isa);
+      for (const Shape3& sh : shapes) {
+        const int64_t rows = sh.ta ? sh.k : sh.m, cols = (sh.ta ? sh.m : sh.k);
+        const int64_t lda = cols + sh.pad;
+        std::vector<float> a = random_vector(rng, static_cast<size_t>(rows * lda));
+        for (int64_t r = 0; r < rows; ++r)  // the gaps between rows stay untouched
+          for (int64_t q = cols; q < lda; ++q) a[r * lda + q] = -7.0f;
+        const std::vector<float> original = a;
+        PackedMatrix packed(sh.ta, sh.m, sh.k, a.data(), lda);
+        const std::string what = isa_name(isa) + " m=" + std::to_string(sh.m) +
+                                 " k=" + std::to_string(sh.k) + " ta=" + std::to_string(sh.ta);
+        auto run_and_compare = [&](int64_t n) {
+          const std::vector<float> b = random_vector(rng, static_cast<size_t>(sh.k * n));
+          std::vector<float> expect(sh.m * n), got(sh.m * n);
+          gemm_single(isa, GemmArgs{sh.ta, false, sh.m, n, sh.k, original.data(), lda, b.data(),
+                                    n, 0.0f, expect.data(), n});
+          gemm_prepacked(packed, false, n, b.data(), n, 0.0f, got.data(), n);
+          CHECK_MESSAGE(std::memcmp(got.data(), expect.data(), got.size() * sizeof(float)) == 0,
+                        what << " n=" << n);
+        };
+        run_and_compare(sh.n_first);
+        const bool released = packed.release_source();
+        CHECK(released == (prepack_kernels(isa) != nullptr));
+        CHECK(packed.source_released() == released);
+        if (!released) continue;
+        std::fill(a.begin(), a.end(), std::numeric_limits<float>::quiet_NaN());  // gone
+        run_and_compare(sh.n_second);  // may need the layout not made yet
+        run_and_compare(sh.n_first);
+        std::vector<float> back(a.size(), -7.0f);
+        packed.unpack(back.data());
+        CHECK_MESSAGE(std::memcmp(back.data(), original.data(), back.size() * sizeof(float)) == 0,
+                      what);
+      }
+    }
+  }
+
+  TEST_CASE("release without any layout makes one; unpack needs one") {
+    Restore restore;
+    std::mt19937 rng(32);
+    const std::vector<float> a = random_vector(rng, 40 * 30);
+    const PackedMatrix fresh(false, 40, 30, a.data(), 30);
+    std::vector<float> back(a.size());
+    CHECK_THROWS_AS(fresh.unpack(back.data()), Error);
+    for (Isa isa : supported_isas()) {
+      if (!prepack_kernels(isa)) continue;
+      set_active_isa(isa);
+      PackedMatrix packed(false, 40, 30, a.data(), 30);
+      CHECK(packed.packed_bytes() == 0);
+      REQUIRE(packed.release_source());
+      CHECK(packed.packed_bytes() > 0);
+      packed.unpack(back.data());
+      CHECK(std::memcmp(back.data(), a.data(), a.size() * sizeof(float)) == 0);
+    }
   }
 }
