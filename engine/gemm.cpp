@@ -210,25 +210,17 @@ namespace {
 // The epilogue on rows [r0, r1) of C.
 void epilogue_rows(const GemmEpilogue& e, int64_t r0, int64_t r1, int64_t n, float* c,
                    int64_t ldc) {
-  for (int64_t i = r0; i < r1; ++i) {
-    float* row = c + i * ldc;
-    if (e.row_bias) {
-      const float bv = e.row_bias[i];
-      for (int64_t j = 0; j < n; ++j) row[j] = row[j] + bv;
-    }
-    if (e.relu)
-      for (int64_t j = 0; j < n; ++j) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
-  }
+  epilogue_block(e, r0, r1 - r0, n, c + r0 * ldc, ldc, e.residual ? e.residual + r0 * ldc : nullptr);
 }
 
 // The epilogue on the calling thread.
 void gemm_pack_epilogue(const GemmEpilogue& e, int64_t m, int64_t n, float* c, int64_t ldc) {
-  if (e.row_bias || e.relu) epilogue_rows(e, 0, m, n, c, ldc);
+  if (e.any()) epilogue_rows(e, 0, m, n, c, ldc);
 }
 }  // namespace
 
 void apply_epilogue(const GemmEpilogue& e, int64_t m, int64_t n, float* c, int64_t ldc) {
-  if (!e.row_bias && !e.relu) return;
+  if (!e.any()) return;
   parallel_for(m, [&](int64_t r0, int64_t r1) { epilogue_rows(e, r0, r1, n, c, ldc); });
 }
 

@@ -15,11 +15,48 @@
 namespace isplit {
 
 // What gemm_prepacked() does to each element of C once its sum is complete:
-// c = c + bias[row] (when bias is set), then c = max(c, 0) (when relu).
+// c = c + bias[row] (when bias is set), then c = c + residual[i * ldc + j] (when residual
+// is set: a matrix laid out like C, a residual connection), then c = max(c, 0) (when relu).
 struct GemmEpilogue {
   const float* row_bias = nullptr;
   bool relu = false;
+  const float* residual = nullptr;
+  // True when there is anything to apply.
+  bool any() const { return row_bias || relu || residual; }
 };
+
+// Applies e to the rows x cols block of C at c (row stride ldc) whose first row is row
+// row0 of C; r: the residual's block at the same place (null when e has none).
+inline void epilogue_block(const GemmEpilogue& e, int64_t row0, int64_t rows, int64_t cols,
+                           float* c, int64_t ldc, const float* r) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = c + i * ldc;
+    const float* rr = r ? r + i * ldc : nullptr;
+    if (e.row_bias && e.relu) {  // the common cases as one pass each, same operations
+      const float bv = e.row_bias[row0 + i];
+      if (rr) {
+        for (int64_t j = 0; j < cols; ++j) {
+          const float v = (row[j] + bv) + rr[j];
+          row[j] = v > 0.0f ? v : 0.0f;
+        }
+      } else {
+        for (int64_t j = 0; j < cols; ++j) {
+          const float v = row[j] + bv;
+          row[j] = v > 0.0f ? v : 0.0f;
+        }
+      }
+      continue;
+    }
+    if (e.row_bias) {
+      const float bv = e.row_bias[row0 + i];
+      for (int64_t j = 0; j < cols; ++j) row[j] = row[j] + bv;
+    }
+    if (rr)
+      for (int64_t j = 0; j < cols; ++j) row[j] = row[j] + rr[j];
+    if (e.relu)
+      for (int64_t j = 0; j < cols; ++j) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
+  }
+}
 
 // op(A) [M x K] packed for the kernels of the ISA active when it was made. Two layouts,
 // each made on first use (thread-safe): panels of MR rows for C with vector lanes along N,

@@ -311,7 +311,7 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* b, const C
 }
 
 Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tensor* b,
-                             const Conv2dSpec& s, bool relu) {
+                             const Conv2dSpec& s, bool relu, const Tensor* residual) {
   require4(x, "conv2d");
   if (s.groups != 1) throw Error("conv2d_forward_packed: grouped convolutions are not packed");
   if (x.dim(1) != s.in_channels)
@@ -324,6 +324,7 @@ Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tenso
                 "x" + std::to_string(k));
   if (b) check_shape(*b, {s.out_channels}, "conv2d bias");
   const Shape os = conv2d_out_shape(x.shape(), s);
+  if (residual) check_shape(*residual, os, "conv2d residual");
   Tensor y = Tensor::empty(os);
   const int64_t n = x.dim(0), h = x.dim(2), wd = x.dim(3), oh = os[2], ow = os[3], hw = oh * ow;
   const bool direct = is_pointwise(s);
@@ -331,6 +332,16 @@ Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tenso
   ep.row_bias = b ? b->data() : nullptr;
   ep.relu = relu;
   const int64_t nb = images_per_chunk(n, hw, 1);
+  if (nb > 0 && n != 1 && residual) {
+    // Images side by side: the residual is not laid out like that block of C, so it is
+    // added (and the ReLU applied) over the whole output afterwards.
+    Tensor out = conv2d_forward_packed(x, w, b, s, false, nullptr);
+    if (relu)
+      add_relu_inplace(out, *residual);
+    else
+      add_into(out, *residual);
+    return out;
+  }
   if (nb > 0) {
     // Small maps: as conv2d_forward, images side by side; a single image's [Cout, hw]
     // block is the output itself, and a pointwise layer reads its input in place.
@@ -344,6 +355,7 @@ Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tenso
         bmat = cols.data();
       }
       float* c = n == 1 ? y.data() : out.data();
+      if (n == 1 && residual) ep.residual = residual->data();  // laid out like y
       gemm_prepacked(w, false, m * hw, bmat, m * hw, 0.0f, c, m * hw, ep);
       if (n != 1) scatter_images(out.data(), img0, m, nullptr, /*accumulate=*/false, y);
     }
@@ -354,9 +366,11 @@ Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tenso
   for (int64_t img = 0; img < n; ++img) {
     const float* xi = x.data() + img * s.in_channels * h * wd;
     float* yi = y.data() + img * s.out_channels * hw;
+    const float* ri = residual ? residual->data() + img * s.out_channels * hw : nullptr;
     for (int64_t y0 = 0; y0 < oh; y0 += band) {
       const int64_t y1 = std::min(oh, y0 + band), cols = (y1 - y0) * ow;
       if (!direct) im2col_rows(xi, s.in_channels, h, wd, y0, y1, ow, s, col.data());
+      if (ri) ep.residual = ri + y0 * ow;  // C's block, row stride hw, like y's
       gemm_prepacked(w, false, cols, direct ? xi : col.data(), cols, 0.0f, yi + y0 * ow, hw, ep);
     }
   }

@@ -28,10 +28,12 @@ Shape conv2d_out_shape(const Shape& x, const Conv2dSpec& s);
 Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* b, const Conv2dSpec& s);
 // Direct-loop convolution used as the oracle in tests (slow).
 // conv2d_forward with the weights prepacked as op(A) = W [Cout, Cin*kh*kw] (groups 1),
-// bias and an optional ReLU applied as each output tile is finished; same bits as
-// conv2d_forward followed by relu_inplace.
+// bias, an optional residual (same shape as the output: a residual connection) and an
+// optional ReLU applied as each output tile is finished; same bits as conv2d_forward
+// followed by adding the residual and relu_inplace.
 Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tensor* b,
-                             const Conv2dSpec& s, bool relu);
+                             const Conv2dSpec& s, bool relu = false,
+                             const Tensor* residual = nullptr);
 Tensor conv2d_forward_naive(const Tensor& x, const Tensor& w, const Tensor* b,
                             const Conv2dSpec& s);
 // gx += dL/dx (accumulate = false: gx = dL/dx, gx's old contents are ignored).

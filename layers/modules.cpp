@@ -267,18 +267,33 @@ std::shared_ptr<Conv2d::FastForms> Conv2d::bn_forms(const BatchNorm2d& bn) {
   return f;
 }
 
-Tensor Conv2d::forward_with(FastForms& f, const Tensor& x, bool relu) const {
+namespace {
+// y += residual (when set), then max(y, 0) when relu: the unfused end of a convolution.
+void finish(Tensor& y, const Tensor* residual, bool relu) {
+  if (residual && relu)
+    add_relu_inplace(y, *residual);
+  else if (residual)
+    add_into(y, *residual);
+  else if (relu)
+    relu_inplace(y);
+}
+}  // namespace
+
+Tensor Conv2d::forward_with(FastForms& f, const Tensor& x, bool relu, const Tensor* residual) const {
   const Tensor* b = f.bias.defined() ? &f.bias : nullptr;
   if (winograd_pays(x.shape(), spec_))
-    if (const WinogradFilter* wf = f.winograd_filter(spec_, false))
-      return conv2d_forward_winograd(x, *wf, b, spec_, relu);
+    if (const WinogradFilter* wf = f.winograd_filter(spec_, false)) {
+      Tensor y = conv2d_forward_winograd(x, *wf, b, spec_, relu && !residual);
+      if (residual) finish(y, residual, relu);
+      return y;
+    }
   if (const PackedMatrix* pw = f.gemm_weights(spec_, false)) {
-    Tensor y = conv2d_forward_packed(x, *pw, b, spec_, relu);
+    Tensor y = conv2d_forward_packed(x, *pw, b, spec_, relu, residual);
     if (!f.released.load(std::memory_order_acquire)) f.settle();
     return y;
   }
   Tensor y = conv2d_forward(x, f.plain(), b, spec_);
-  if (relu) relu_inplace(y);
+  finish(y, residual, relu);
   return y;
 }
 
@@ -294,11 +309,11 @@ void Conv2d::backward_data_with(FastForms& f, const Tensor& gy, Tensor& gx, bool
   conv2d_backward_data(gy, f.plain(), spec_, gx, add);
 }
 
-Tensor Conv2d::infer(const Tensor& x, bool relu) {
+Tensor Conv2d::infer(const Tensor& x, bool relu, const Tensor* residual) {
   if (!training_)
-    if (std::shared_ptr<FastForms> f = own_forms()) return forward_with(*f, x, relu);
+    if (std::shared_ptr<FastForms> f = own_forms()) return forward_with(*f, x, relu, residual);
   Tensor y = conv2d_forward(x, plain_weight(), has_bias_ ? &bias.value : nullptr, spec_);
-  if (relu) relu_inplace(y);
+  finish(y, residual, relu);
   return y;
 }
 

@@ -90,9 +90,10 @@ class Conv2d : public Module {
   void pack_for_inference(bool on) override;
   void unpack_weights() override;
   void set_training(bool training) override;
-  // Inference: conv(x) + b, then max(., 0) when relu; no tape (when packed: Winograd
-  // where it pays, else the prepacked GEMM with bias and ReLU in its epilogue).
-  Tensor infer(const Tensor& x, bool relu);
+  // Inference: conv(x) + b (+ residual, same shape as the output), then max(., 0) when
+  // relu; no tape (when packed: Winograd where it pays, else the prepacked GEMM with bias,
+  // residual and ReLU in its epilogue).
+  Tensor infer(const Tensor& x, bool relu, const Tensor* residual = nullptr);
   // Inference only: forward also applies the ReLU that follows this layer (the model then
   // skips that ReLU); a forward with a tape throws.
   void set_fused_relu(bool on) { fused_relu_ = on; }
@@ -140,8 +141,9 @@ class Conv2d : public Module {
   std::shared_ptr<FastForms> own_forms();
   // The forms of this layer with bn folded in, remade when bn's affine map changed.
   std::shared_ptr<FastForms> bn_forms(const BatchNorm2d& bn);
-  // conv(x) + bias, then max(., 0) when relu, with the fastest path f allows.
-  Tensor forward_with(FastForms& f, const Tensor& x, bool relu) const;
+  // conv(x) + bias (+ residual), then max(., 0) when relu, with the fastest path f allows.
+  Tensor forward_with(FastForms& f, const Tensor& x, bool relu,
+                      const Tensor* residual = nullptr) const;
   // The data gradient of gy through f's weights, added into gx (add = false: written).
   void backward_data_with(FastForms& f, const Tensor& gy, Tensor& gx, bool add) const;
   // Drops every cached form (weights changed, or packing turned off), with the plain

@@ -37,11 +37,12 @@ class Bottleneck : public Module {
   Var forward_pre_relu(Tape* tape, const Var& x, Var* pre_relu) override {
     if (!tape && folded_) {
       // Inference on folded BatchNorms: ReLUs fused into conv1 and conv2, the residual
-      // add and the last ReLU in one pass over conv3's output.
+      // add and the last ReLU into conv3 (in its GEMM's epilogue while each output tile is
+      // still in cache). The shortcut's conv runs before conv3, once conv1's output is gone.
       *pre_relu = Var();
-      Tensor out = conv3_.infer(conv2_.infer(conv1_.infer(x.value, true), true), false);
-      add_relu_inplace(out, ds_conv_ ? ds_conv_->infer(x.value, false) : x.value);
-      return Var{out};
+      const Tensor mid = conv2_.infer(conv1_.infer(x.value, true), true);
+      const Tensor identity = ds_conv_ ? ds_conv_->infer(x.value, false) : x.value;
+      return Var{conv3_.infer(mid, true, &identity)};
     }
     // While packed (the importance pass), each conv + BN (+ ReLU) runs as one folded layer.
     Var out = conv1_.forward_bn(tape, x, bn1_, true);

@@ -73,17 +73,22 @@ TEST_SUITE("conv_packed") {
         const Tensor b = random_tensor(rng, {c.cout});
         const int64_t k = c.cin * c.kernel * c.kernel;
         const PackedMatrix pw(false, c.cout, k, w.data(), k);
+        const Tensor res = random_tensor(rng, conv2d_out_shape(x.shape(), s));
         for (bool bias : {false, true})
-          for (bool relu : {false, true}) {
-            Tensor expect = conv2d_forward(x, w, bias ? &b : nullptr, s);
-            if (relu) relu_inplace(expect);
-            const Tensor got = conv2d_forward_packed(x, pw, bias ? &b : nullptr, s, relu);
-            CHECK_MESSAGE(same_bits(got, expect), "cin " << c.cin << " cout " << c.cout << " k "
-                                                          << c.kernel << " stride " << c.stride
-                                                          << " batch " << c.batch << " size "
-                                                          << c.size << " bias " << bias << " relu "
-                                                          << relu << " threads " << threads);
-          }
+          for (bool relu : {false, true})
+            for (bool with_res : {false, true}) {
+              // conv, bias, residual and ReLU, each as its own pass.
+              Tensor expect = conv2d_forward(x, w, bias ? &b : nullptr, s);
+              if (with_res) add_into(expect, res);
+              if (relu) relu_inplace(expect);
+              const Tensor got = conv2d_forward_packed(x, pw, bias ? &b : nullptr, s, relu,
+                                                       with_res ? &res : nullptr);
+              CHECK_MESSAGE(same_bits(got, expect),
+                            "cin " << c.cin << " cout " << c.cout << " k " << c.kernel
+                                   << " stride " << c.stride << " batch " << c.batch << " size "
+                                   << c.size << " bias " << bias << " relu " << relu
+                                   << " residual " << with_res << " threads " << threads);
+            }
       }
     }
     set_num_threads(saved);
@@ -139,6 +144,10 @@ TEST_SUITE("conv_packed") {
     const Tensor gy = random_tensor(rng, {1, 6, 5, 5});
     CHECK_THROWS_WITH_AS(conv2d_backward_data_packed(gy, wrong, s, gx),
                          doctest::Contains("packed weights"), Error);
+    const PackedMatrix right(false, 6, 36, w.data(), 36);
+    const Tensor bad_residual = random_tensor(rng, {1, 6, 4, 5});
+    CHECK_THROWS_WITH_AS(conv2d_forward_packed(x, right, nullptr, s, true, &bad_residual),
+                         doctest::Contains("residual"), Error);
   }
 
   TEST_CASE("Conv2d::infer gives the same bits packed or not, and after new weights") {

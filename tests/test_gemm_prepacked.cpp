@@ -38,6 +38,7 @@ struct Case {
   float beta;
   bool bias, relu;
   int64_t pad;  // added to every leading dimension
+  bool residual = false;  // the epilogue adds a matrix laid out like C
 };
 
 std::vector<float> random_vector(std::mt19937& rng, size_t n) {
@@ -52,7 +53,8 @@ std::string describe(Isa isa, const Case& c, int threads) {
          " k=" + std::to_string(c.k) + " ta=" + std::to_string(c.ta) +
          " tb=" + std::to_string(c.tb) + " beta=" + std::to_string(c.beta) +
          " bias=" + std::to_string(c.bias) + " relu=" + std::to_string(c.relu) +
-         " pad=" + std::to_string(c.pad) + " threads=" + std::to_string(threads);
+         " pad=" + std::to_string(c.pad) + " residual=" + std::to_string(c.residual) +
+         " threads=" + std::to_string(threads);
 }
 
 // Runs one case on one ISA at several thread counts; returns the failures.
@@ -64,7 +66,8 @@ int check_case(std::mt19937& rng, Isa isa, const Case& cs) {
   const std::vector<float> b = random_vector(rng, static_cast<size_t>((cs.tb ? cs.n : cs.k) * ldb));
   const std::vector<float> c0 = random_vector(rng, static_cast<size_t>(cs.m * ldc));
   const std::vector<float> bias = random_vector(rng, static_cast<size_t>(cs.m));
-  // Expected: the single-threaded kernel, then bias and ReLU element by element.
+  const std::vector<float> res = random_vector(rng, static_cast<size_t>(cs.m * ldc));
+  // Expected: the single-threaded kernel, then bias, residual and ReLU element by element.
   std::vector<float> expect = c0;
   gemm_single(isa, GemmArgs{cs.ta, cs.tb, cs.m, cs.n, cs.k, a.data(), lda, b.data(), ldb, cs.beta,
                             expect.data(), ldc});
@@ -72,11 +75,13 @@ int check_case(std::mt19937& rng, Isa isa, const Case& cs) {
     for (int64_t j = 0; j < cs.n; ++j) {
       float& v = expect[i * ldc + j];
       if (cs.bias) v = v + bias[i];
+      if (cs.residual) v = v + res[i * ldc + j];
       if (cs.relu) v = v > 0.0f ? v : 0.0f;
     }
   GemmEpilogue e;
   e.row_bias = cs.bias ? bias.data() : nullptr;
   e.relu = cs.relu;
+  e.residual = cs.residual ? res.data() : nullptr;
   const PackedMatrix packed(cs.ta, cs.m, cs.k, a.data(), lda);
   int failures = 0;
   for (int threads : {1, 2, 3}) {
@@ -124,6 +129,12 @@ TEST_SUITE("gemm_prepacked") {
         {false, false, 100, 1024, 40, 0.0f, true, false, 0},
         // Empty sum: C = beta * C, then the epilogue.
         {false, false, 20, 30, 0, 0.5f, true, true, 1},
+        // A residual added in the epilogue (ResNet's last 1x1 of a block), both layouts.
+        {false, false, 256, 3136, 64, 0.0f, true, true, 0, true},
+        {false, false, 2048, 4, 512, 0.0f, true, true, 0, true},
+        {false, false, 1024, 196, 256, 0.0f, false, false, 3, true},
+        {false, false, 37, 129, 300, 0.5f, true, true, 5, true},
+        {false, false, 20, 30, 0, 0.5f, false, true, 1, true},
     };
     int failures = 0;
     for (Isa isa : supported_isas())
@@ -141,7 +152,7 @@ TEST_SUITE("gemm_prepacked") {
       for (int trial = 0; trial < 40; ++trial) {
         Case cs{coin(rng) == 1, coin(rng) == 1, small(rng) * (coin(rng) ? 1 : 3),
                 coin(rng) ? small(rng) : wide(rng), depth(rng), coin(rng) ? 0.0f : 1.0f,
-                coin(rng) == 1, coin(rng) == 1, coin(rng) ? 0 : 7};
+                coin(rng) == 1, coin(rng) == 1, coin(rng) ? 0 : 7, coin(rng) == 1};
         failures += check_case(rng, isa, cs);
       }
     CHECK(failures == 0);

@@ -54,18 +54,10 @@ void prepack_matrix(bool lanes_m, bool trans_a, const float* a, int64_t lda, int
   }
 }
 
-// Applies the epilogue to a rows x cols block of C at c.
-inline void epilogue_block(const GemmEpilogue& e, int64_t row0, int64_t rows, int64_t cols,
-                           float* c, int64_t ldc) {
-  for (int64_t i = 0; i < rows; ++i) {
-    float* row = c + i * ldc;
-    if (e.row_bias) {
-      const float bv = e.row_bias[row0 + i];
-      for (int64_t j = 0; j < cols; ++j) row[j] = row[j] + bv;
-    }
-    if (e.relu)
-      for (int64_t j = 0; j < cols; ++j) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
-  }
+// The epilogue on the block of C at c (inside job g's C).
+inline void epilogue_at(const PrepackedJob& g, int64_t row0, int64_t rows, int64_t cols, float* c) {
+  const float* r = g.epilogue.residual ? g.epilogue.residual + (c - g.c) : nullptr;
+  epilogue_block(g.epilogue, row0, rows, cols, c, g.ldc, r);
 }
 
 // Rows [r0, r1) x columns [n0, n1) of C with op(A) in MR-row panels (lanes along N).
@@ -75,7 +67,7 @@ void run_prepacked_panels(const PrepackedJob& g) {
   const int64_t k = g.k, nkb = k_block_count(k, KC), kc_cap = (k + nkb - 1) / nkb;
   const int64_t all_panels = (g.m + MR - 1) / MR;
   const int64_t pa = g.r0 / MR, pb = (g.r1 + MR - 1) / MR;  // panels of this job
-  const bool has_epilogue = g.epilogue.row_bias || g.epilogue.relu;
+  const bool has_epilogue = g.epilogue.any();
   thread_local AlignedBuffer bbuf;
   auto mode_of = [&](int64_t kb) {
     return kb > 0 ? kStoreAccumulate : (g.beta == 0.0f ? kStoreOverwrite : kStoreBeta);
@@ -104,12 +96,11 @@ void run_prepacked_panels(const PrepackedJob& g) {
         // The previous tile's epilogue, not this one's: its stores (masked at the edges,
         // which cannot forward to loads) have left the store buffer by now.
         if (last && q > q0)
-          epilogue_block(g.epilogue, i0 - MR, MR, cols, c - MR * g.ldc, g.ldc);
+          epilogue_at(g, i0 - MR, MR, cols, c - MR * g.ldc);
       }
       if (last && q1 > q0) {
         const int64_t i0 = (q1 - 1) * MR;
-        epilogue_block(g.epilogue, i0, std::min<int64_t>(MR, g.r1 - i0), cols,
-                       g.c + i0 * g.ldc + j0 + t * NR, g.ldc);
+        epilogue_at(g, i0, std::min<int64_t>(MR, g.r1 - i0), cols, g.c + i0 * g.ldc + j0 + t * NR);
       }
     }
   };
@@ -161,7 +152,7 @@ void run_prepacked_tiles(const PrepackedJob& g) {
   const int64_t ta = g.r0 / NR, tb = (g.r1 + NR - 1) / NR;  // tiles of this job
   const int64_t n = g.n1 - g.n0, nmb = (n + MC - 1) / MC, mc_cap = (n + nmb - 1) / nmb;
   const int64_t np_cap = (mc_cap + MR - 1) / MR;
-  const bool has_epilogue = g.epilogue.row_bias || g.epilogue.relu;
+  const bool has_epilogue = g.epilogue.any();
   thread_local AlignedBuffer abuf;
   float* ap = abuf.get(static_cast<size_t>(np_cap * MR * kc_cap + 64));
   // Tile groups keep a C block in L2 across the k blocks.
@@ -192,7 +183,7 @@ void run_prepacked_tiles(const PrepackedJob& g) {
           }
           // Once per tile, after all its kernels: the transposed tiles are written with
           // masked stores, which cannot forward to the epilogue's loads right after them.
-          if (last) epilogue_block(g.epilogue, j0, cols, mc, g.c + j0 * g.ldc + i0, g.ldc);
+          if (last) epilogue_at(g, j0, cols, mc, g.c + j0 * g.ldc + i0);
         }
       }
     }
@@ -207,7 +198,7 @@ void run_prepacked(const PrepackedJob& g) {
     for (int64_t i = g.r0; i < g.r1; ++i)
       for (int64_t j = g.n0; j < g.n1; ++j)
         g.c[i * g.ldc + j] = g.beta == 0.0f ? 0.0f : g.beta * g.c[i * g.ldc + j];
-    epilogue_block(g.epilogue, g.r0, g.r1 - g.r0, g.n1 - g.n0, g.c + g.r0 * g.ldc + g.n0, g.ldc);
+    epilogue_at(g, g.r0, g.r1 - g.r0, g.n1 - g.n0, g.c + g.r0 * g.ldc + g.n0);
     return;
   }
   if (g.lanes_m) {
