@@ -46,6 +46,42 @@ bool same_values(const std::vector<float>& a, const std::vector<float>& b) {
   return true;
 }
 
+// Calls fn(plane, input) for pooling planes of many geometries (kernel, stride, padding,
+// sizes, ceil mode) on awkward inputs seeded from seed; returns how many.
+template <class Fn>
+int for_each_pool_plane(uint64_t seed, Fn fn) {
+  struct Geometry {
+    int64_t k, s, p;
+  };
+  int count = 0;
+  for (Geometry gm : {Geometry{2, 2, 0}, Geometry{3, 2, 1}, Geometry{3, 2, 0}, Geometry{2, 1, 0},
+                      Geometry{3, 1, 1}, Geometry{2, 2, 1}, Geometry{5, 3, 2}}) {
+    for (int64_t h : {2, 3, 7, 8, 13, 32}) {
+      for (int64_t w : {2, 3, 9, 16, 17, 23, 56}) {
+        for (bool ceil : {false, true}) {
+          if (h + 2 * gm.p < gm.k || w + 2 * gm.p < gm.k) continue;
+          auto out = [&](int64_t in) {
+            const int64_t span = in + 2 * gm.p - gm.k;
+            int64_t o = (ceil ? (span + gm.s - 1) / gm.s : span / gm.s) + 1;
+            if (ceil && (o - 1) * gm.s >= in + gm.p) --o;
+            return o;
+          };
+          const PoolPlane pp{h, w, out(h), out(w), gm.k, gm.k, gm.s, gm.s, gm.p, gm.p};
+          CAPTURE(h);
+          CAPTURE(w);
+          CAPTURE(gm.k);
+          CAPTURE(gm.s);
+          CAPTURE(gm.p);
+          CAPTURE(ceil);
+          fn(pp, awkward(h * w, seed + static_cast<uint64_t>(h * 31 + w)));
+          ++count;
+        }
+      }
+    }
+  }
+  return count;
+}
+
 std::vector<Isa> vector_isas() {
   std::vector<Isa> out;
   for (Isa isa : {Isa::Avx2, Isa::Avx512, Isa::Neon})
@@ -114,43 +150,29 @@ TEST_SUITE("eltwise") {
   }
 
   TEST_CASE("max pooling planes equal the scalar reference") {
-    struct Geometry {
-      int64_t k, s, p;
-    };
     for (Isa isa : vector_isas()) {
       CAPTURE(isa_name(isa));
       const EltwiseKernels& k = eltwise_kernels(isa);
-      int checked = 0;
-      for (Geometry gm : {Geometry{2, 2, 0}, Geometry{3, 2, 1}, Geometry{3, 2, 0}, Geometry{2, 1, 0},
-                          Geometry{3, 1, 1}, Geometry{2, 2, 1}}) {
-        for (int64_t h : {2, 3, 7, 8, 13, 32}) {
-          for (int64_t w : {2, 3, 9, 16, 17, 23, 56}) {
-            for (bool ceil : {false, true}) {
-              if (h + 2 * gm.p < gm.k || w + 2 * gm.p < gm.k) continue;
-              auto out = [&](int64_t in) {
-                const int64_t span = in + 2 * gm.p - gm.k;
-                int64_t o = (ceil ? (span + gm.s - 1) / gm.s : span / gm.s) + 1;
-                if (ceil && (o - 1) * gm.s >= in + gm.p) --o;
-                return o;
-              };
-              const PoolPlane pp{h, w, out(h), out(w), gm.k, gm.k, gm.s, gm.s, gm.p, gm.p};
-              const auto x = awkward(h * w, 100 + h * 31 + w);
-              std::vector<float> want(static_cast<size_t>(pp.oh * pp.ow)), got(want.size());
-              kEltwiseScalar.maxpool_plane(x.data(), pp, want.data());
-              k.maxpool_plane(x.data(), pp, got.data());
-              CAPTURE(h);
-              CAPTURE(w);
-              CAPTURE(gm.k);
-              CAPTURE(gm.s);
-              CAPTURE(gm.p);
-              CHECK(same_values(want, got));
-              ++checked;
-            }
-          }
-        }
-      }
+      const int checked = for_each_pool_plane(100, [&](const PoolPlane& pp, const std::vector<float>& x) {
+        std::vector<float> want(static_cast<size_t>(pp.oh * pp.ow)), got(want.size());
+        kEltwiseScalar.maxpool_plane(x.data(), pp, want.data());
+        k.maxpool_plane(x.data(), pp, got.data());
+        CHECK(same_values(want, got));
+      });
       CHECK(checked > 300);
     }
+  }
+
+  TEST_CASE("the scalar max pool equals the window-by-window maximum") {
+    const int checked = for_each_pool_plane(500, [&](const PoolPlane& pp, const std::vector<float>& x) {
+      std::vector<float> want(static_cast<size_t>(pp.oh * pp.ow)), got(want.size());
+      for (int64_t oy = 0; oy < pp.oh; ++oy)
+        for (int64_t ox = 0; ox < pp.ow; ++ox)
+          want[static_cast<size_t>(oy * pp.ow + ox)] = maxpool_window(x.data(), pp, oy, ox);
+      kEltwiseScalar.maxpool_plane(x.data(), pp, got.data());
+      CHECK(same_values(want, got));
+    });
+    CHECK(checked > 300);
   }
 
   TEST_CASE("the scalar max pool: NaN wins, -inf padding never does") {

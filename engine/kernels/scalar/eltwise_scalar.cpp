@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "engine/kernels/eltwise.h"
 
@@ -75,9 +76,62 @@ float maxpool_window(const float* x, const PoolPlane& p, int64_t oy, int64_t ox)
 }
 
 namespace {
+// max(m, v) where a NaN wins (either one), written so that compilers vectorise it.
+inline float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
+
+// Row maxima of one output row: y[ox] = max of c over the window of ox, in passes over
+// the outputs (one per window column) that vectorise; S is the stride when known (2).
+template <int S>
+void pool_row(const float* c, const PoolPlane& p, float* y) {
+  const int64_t s = S > 0 ? S : p.sw;
+  const float lowest = -std::numeric_limits<float>::infinity();
+  // Outputs [lo, hi) have their whole window inside the row.
+  const int64_t lo = std::min(p.ow, (p.pw + s - 1) / s);
+  int64_t hi = p.w - p.kw + p.pw >= 0 ? (p.w - p.kw + p.pw) / s + 1 : 0;
+  hi = std::max(lo, std::min(hi, p.ow));
+  auto clipped = [&](int64_t ox) {
+    const int64_t x0 = ox * s - p.pw;
+    const int64_t xa = std::max<int64_t>(x0, 0), xb = std::min(x0 + p.kw, p.w);
+    float best = lowest;
+    for (int64_t ix = xa; ix < xb; ++ix) best = max_nan(best, c[ix]);
+    y[ox] = best;
+  };
+  for (int64_t ox = 0; ox < lo; ++ox) clipped(ox);
+  if (hi > lo) {
+    const float* base = c - p.pw;
+    for (int64_t ox = lo; ox < hi; ++ox) y[ox] = base[ox * s];
+    for (int64_t t = 1; t < p.kw; ++t)
+      for (int64_t ox = lo; ox < hi; ++ox) y[ox] = max_nan(y[ox], base[ox * s + t]);
+  }
+  for (int64_t ox = hi; ox < p.ow; ++ox) clipped(ox);
+}
+
+// Separable: for each output row, the maximum of every input column over the window's
+// rows (a contiguous pass that vectorises), then each output's maximum over its columns.
+// The same values as maxpool_window per output (the maximum of the same set, NaN when any
+// is NaN); only which of -0 and +0, or which NaN, comes out may differ.
 void maxpool_plane(const float* x, const PoolPlane& p, float* y) {
-  for (int64_t oy = 0; oy < p.oh; ++oy)
-    for (int64_t ox = 0; ox < p.ow; ++ox) y[oy * p.ow + ox] = maxpool_window(x, p, oy, ox);
+  thread_local std::vector<float> col;
+  col.resize(static_cast<size_t>(std::max<int64_t>(p.w, 1)));
+  float* c = col.data();
+  const float lowest = -std::numeric_limits<float>::infinity();
+  for (int64_t oy = 0; oy < p.oh; ++oy) {
+    const int64_t y0 = oy * p.sh - p.ph;
+    const int64_t ya = std::max<int64_t>(y0, 0), yb = std::min(y0 + p.kh, p.h);
+    if (ya >= yb) {
+      std::fill(c, c + p.w, lowest);
+    } else {
+      std::copy(x + ya * p.w, x + (ya + 1) * p.w, c);
+      for (int64_t iy = ya + 1; iy < yb; ++iy) {
+        const float* row = x + iy * p.w;
+        for (int64_t ix = 0; ix < p.w; ++ix) c[ix] = max_nan(c[ix], row[ix]);
+      }
+    }
+    if (p.sw == 2)
+      pool_row<2>(c, p, y + oy * p.ow);
+    else
+      pool_row<0>(c, p, y + oy * p.ow);
+  }
 }
 }  // namespace
 
