@@ -45,8 +45,12 @@ inline void im2col_row(const float* xc, int64_t h, int64_t w, int64_t y, int64_t
     const int64_t lo = std::clamp<int64_t>(off >= 0 ? 0 : (-off + sw - 1) / sw, 0, ow);
     const int64_t hi = std::clamp<int64_t>(w - off <= 0 ? 0 : (w - off + sw - 1) / sw, lo, ow);
     std::fill(drow, drow + lo, 0.0f);
-    const float* src = xrow + lo * sw + off;
-    for (int64_t x0 = lo; x0 < hi; ++x0, src += sw) drow[x0] = *src;
+    const float* src = xrow + off;
+    if (sw == 2) {  // a constant stride the compiler vectorises (the stem, downsampling)
+      for (int64_t x0 = lo; x0 < hi; ++x0) drow[x0] = src[2 * x0];
+    } else {
+      for (int64_t x0 = lo; x0 < hi; ++x0) drow[x0] = src[x0 * sw];
+    }
     std::fill(drow + hi, drow + ow, 0.0f);
   }
 }
@@ -79,6 +83,16 @@ void im2col(const float* x, int64_t channels, int64_t h, int64_t w, int64_t oh, 
 constexpr int64_t kBandBytes = int64_t{4} << 20;
 int64_t band_rows(int64_t k, int64_t oh, int64_t ow) {
   return std::clamp<int64_t>(kBandBytes / (k * ow * int64_t(sizeof(float))), 1, oh);
+}
+
+// Weights at most this large take the per-thread bands of conv2d_forward_packed (each
+// band re-reads them; small ones stay in cache).
+constexpr int64_t kFusedWeightBytes = int64_t{256} << 10;
+// Output rows per per-thread band: columns of about 128 KB, which stay in a core's L2
+// while its kernels read them.
+int64_t fused_band_rows(int64_t k, int64_t oh, int64_t ow) {
+  constexpr int64_t kFusedBandBytes = int64_t{128} << 10;
+  return std::clamp<int64_t>(kFusedBandBytes / (k * ow * int64_t(sizeof(float))), 1, oh);
 }
 
 // Adds col [K, OH*OW] back into the image gradient (the adjoint of im2col).
@@ -359,6 +373,26 @@ Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tenso
       gemm_prepacked(w, false, m * hw, bmat, m * hw, 0.0f, c, m * hw, ep);
       if (n != 1) scatter_images(out.data(), img0, m, nullptr, /*accumulate=*/false, y);
     }
+    return y;
+  }
+  if (!direct && w.m() * k * int64_t(sizeof(float)) <= kFusedWeightBytes) {
+    // Small weights (the stem, VGG16's first layer): each thread expands a few output rows
+    // and multiplies them at once, so its columns go from its own cache to the kernels
+    // instead of through memory, and the two threads never read each other's columns.
+    const int64_t band = fused_band_rows(k, oh, ow), bands = (oh + band - 1) / band;
+    parallel_for(n * bands, [&](int64_t t0, int64_t t1) {
+      thread_local std::vector<float> tcol;
+      tcol.resize(static_cast<size_t>(k * band * ow));
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t img = t / bands, y0 = t % bands * band, y1 = std::min(oh, y0 + band);
+        const int64_t cols = (y1 - y0) * ow, at = img * s.out_channels * hw + y0 * ow;
+        im2col_rows(x.data() + img * s.in_channels * h * wd, s.in_channels, h, wd, y0, y1, ow, s,
+                    tcol.data());  // inside a parallel body: runs on this thread
+        GemmEpilogue e = ep;
+        if (residual) e.residual = residual->data() + at;
+        gemm_prepacked_single(w, false, cols, tcol.data(), cols, 0.0f, y.data() + at, hw, e);
+      }
+    });
     return y;
   }
   const int64_t band = direct ? oh : band_rows(k, oh, ow);
