@@ -350,7 +350,8 @@ Var Conv2d::forward(Tape* tape, const Var& x) {
       want_w || want_b, /*writes_fresh=*/true);
 }
 
-Var Conv2d::forward_bn(Tape* tape, const Var& x, BatchNorm2d& bn, bool relu_after) {
+Var Conv2d::forward_bn(Tape* tape, const Var& x, BatchNorm2d& bn, bool relu_after,
+                       const Var* residual) {
   const bool no_grads = !tape || (!tape->wants(weight) && !(has_bias_ && tape->wants(bias)) &&
                                   !tape->wants(bn.weight) && !tape->wants(bn.bias));
   std::shared_ptr<FastForms> f;
@@ -358,20 +359,32 @@ Var Conv2d::forward_bn(Tape* tape, const Var& x, BatchNorm2d& bn, bool relu_afte
     f = bn_forms(bn);
   if (!f) {
     Var y = bn.forward(tape, forward(tape, x));
+    if (residual) y = add(tape, y, *residual);
     return relu_after ? relu(tape, y) : y;
   }
-  Tensor y = forward_with(*f, x.value, relu_after);
+  Tensor y = forward_with(*f, x.value, relu_after, residual ? &residual->value : nullptr);
   if (!tape) return Var{y};
   const Shape xs = x.value.shape();
+  std::vector<const Var*> inputs{&x};
+  if (residual) inputs.push_back(residual);
   return tape->record(
-      y, {&x},
+      y, inputs,
       [this, f, y, xs, relu_after](const Tensor& gy, std::vector<Tensor*>& gin) {
-        if (!gin[0]) return;
-        const bool add = !claim_fresh(*gin[0], xs);
-        if (!relu_after) return backward_data_with(*f, gy, *gin[0], add);
-        Tensor masked = Tensor::empty(gy.shape());
-        relu_mask(gy, y, masked);
-        backward_data_with(*f, masked, *gin[0], add);
+        Tensor g = gy;  // the gradient of the sum before the ReLU
+        if (relu_after && (gin[0] || (gin.size() > 1 && gin[1]))) {
+          g = Tensor::empty(gy.shape());
+          relu_mask(gy, y, g);
+        }
+        if (gin[0]) backward_data_with(*f, g, *gin[0], !claim_fresh(*gin[0], xs));
+        if (gin.size() > 1 && gin[1]) {  // the residual's: handed on as the add node does
+          Tensor& r = *gin[1];
+          if (!r.defined())
+            r = g;  // shared; the tape copies it before another gradient adds in
+          else if (r.shares_storage(g))
+            r = add_forward(g, g);
+          else
+            add_into(r, g);
+        }
       },
       false, /*writes_fresh=*/true);
 }

@@ -98,13 +98,15 @@ class Conv2d : public Module {
   // skips that ReLU); a forward with a tape throws.
   void set_fused_relu(bool on) { fused_relu_ = on; }
   bool fused_relu() const { return fused_relu_; }
-  // bn(conv(x)), then max(., 0) when relu; bn must follow this layer. While packed, in
-  // evaluation mode and without weight gradients (the importance pass), computed as one
-  // convolution with bn folded into weights kept for that (made on first use, as much
-  // memory as the weights; remade when bn's statistics change) and the ReLU in its
-  // epilogue: the backward is a ReLU mask and the folded layer's data gradient, with no
-  // BatchNorm pass either way. Otherwise the separate layers, recorded as usual.
-  Var forward_bn(Tape* tape, const Var& x, BatchNorm2d& bn, bool relu);
+  // bn(conv(x)) (+ residual, same shape as the output), then max(., 0) when relu; bn must
+  // follow this layer. While packed, in evaluation mode and without weight gradients (the
+  // importance pass), computed as one convolution with bn folded into weights kept for
+  // that (made on first use; remade when bn's statistics change) and the residual and
+  // ReLU in its epilogue: the backward is a ReLU mask, the folded layer's data gradient
+  // and the residual's gradient handed on, with no BatchNorm or add pass either way.
+  // Otherwise the separate layers (and add), recorded as usual.
+  Var forward_bn(Tape* tape, const Var& x, BatchNorm2d& bn, bool relu,
+                 const Var* residual = nullptr);
   const Conv2dSpec& spec() const { return spec_; }
   Parameter weight, bias;
   bool has_bias() const { return has_bias_; }

@@ -45,11 +45,11 @@ class Bottleneck : public Module {
       return Var{conv3_.infer(mid, true, &identity)};
     }
     // While packed (the importance pass), each conv + BN (+ ReLU) runs as one folded layer.
+    // conv3 takes the shortcut into its epilogue: the sum is its output.
     Var out = conv1_.forward_bn(tape, x, bn1_, true);
     out = conv2_.forward_bn(tape, out, bn2_, true);
-    out = conv3_.forward_bn(tape, out, bn3_, false);
     Var identity = ds_conv_ ? ds_conv_->forward_bn(tape, x, *ds_bn_, false) : x;
-    *pre_relu = add(tape, out, identity);
+    *pre_relu = conv3_.forward_bn(tape, out, bn3_, false, &identity);
     return relu(tape, *pre_relu);
   }
 

@@ -60,19 +60,22 @@ struct ConvBn {
   }
 };
 
-// y = forward_bn(x) and dL/dx for L = sum(r * y), on an activations-only tape.
+// y = forward_bn(x, residual) and dL/dx (and dL/dresidual) for L = sum(r * y), on an
+// activations-only tape.
 struct Pass {
-  Tensor y, gx;
-  size_t nodes = 0;  // recorded on the tape: 1 when folded, conv + bn (+ relu) when not
+  Tensor y, gx, gres;
+  size_t nodes = 0;  // recorded on the tape: 1 when folded, conv + bn (+ add, relu) when not
 };
-Pass run(ConvBn& m, const Tensor& x, bool relu, const Tensor* r) {
+Pass run(ConvBn& m, const Tensor& x, bool relu, const Tensor* r, const Tensor* res = nullptr) {
   Tape tape = Tape::activations_only();
   const Var xin = tape.input(x, true);
-  const Var y = m.conv.forward_bn(&tape, xin, m.bn, relu);
-  Pass p{y.value.clone(), Tensor(), tape.size()};
+  const Var rin = res ? tape.input(*res, true) : Var();
+  const Var y = m.conv.forward_bn(&tape, xin, m.bn, relu, res ? &rin : nullptr);
+  Pass p{y.value.clone(), Tensor(), Tensor(), tape.size()};
   if (r) {
     tape.backward(y, *r);
     p.gx = tape.grad(xin).clone();
+    if (res) p.gres = tape.grad(rin).clone();
   }
   return p;
 }
@@ -101,27 +104,36 @@ TEST_SUITE("importance_fast") {
     for (int threads : {1, 2}) {
       set_num_threads(threads);
       for (const Case& c : cases) {
-        for (bool relu : {true, false}) {
-          CAPTURE(threads);
-          CAPTURE(c.cin);
-          CAPTURE(c.k);
-          CAPTURE(c.stride);
-          CAPTURE(c.size);
-          CAPTURE(relu);
-          set_winograd_mode(c.mode);
-          ConvBn m(rng, c.cin, c.cout, c.k, c.stride, c.pad, c.bias);
-          const Tensor x = uniform(rng, {c.batch, c.cin, c.size, c.size});
-          const Tensor r = uniform(rng, conv2d_out_shape(x.shape(), m.conv.spec()));
-          const Pass ref = run(m, x, relu, &r);  // not packed: the separate layers
-          m.conv.pack_for_inference(true);
-          const Pass fast = run(m, x, relu, &r);
-          CHECK(ref.nodes == (relu ? 3u : 2u));
-          CHECK(fast.nodes == 1u);
-          CHECK(rel_diff(fast.y, ref.y) < 1e-5);
-          CHECK(rel_diff(fast.gx, ref.gx) < 1e-5);
-          // Without a tape the same folded forward.
-          CHECK(same_bits(m.conv.forward_bn(nullptr, Var{x}, m.bn, relu).value, fast.y));
-        }
+        for (bool relu : {true, false})
+          for (bool with_res : {false, true}) {
+            CAPTURE(threads);
+            CAPTURE(c.cin);
+            CAPTURE(c.k);
+            CAPTURE(c.stride);
+            CAPTURE(c.size);
+            CAPTURE(relu);
+            CAPTURE(with_res);
+            set_winograd_mode(c.mode);
+            ConvBn m(rng, c.cin, c.cout, c.k, c.stride, c.pad, c.bias);
+            const Tensor x = uniform(rng, {c.batch, c.cin, c.size, c.size});
+            const Shape ys = conv2d_out_shape(x.shape(), m.conv.spec());
+            const Tensor r = uniform(rng, ys);
+            const Tensor res = uniform(rng, ys);
+            const Tensor* resp = with_res ? &res : nullptr;
+            const Pass ref = run(m, x, relu, &r, resp);  // not packed: the separate layers
+            m.conv.pack_for_inference(true);
+            const Pass fast = run(m, x, relu, &r, resp);
+            CHECK(ref.nodes == (relu ? 3u : 2u) + (with_res ? 1u : 0u));
+            CHECK(fast.nodes == 1u);
+            CHECK(rel_diff(fast.y, ref.y) < 1e-5);
+            CHECK(rel_diff(fast.gx, ref.gx) < 1e-5);
+            if (with_res) CHECK(rel_diff(fast.gres, ref.gres) < 1e-5);  // dL/d(sum), masked
+            // Without a tape the same folded forward.
+            const Var resv{res};
+            CHECK(same_bits(
+                m.conv.forward_bn(nullptr, Var{x}, m.bn, relu, with_res ? &resv : nullptr).value,
+                fast.y));
+          }
       }
     }
     set_num_threads(saved_threads);
