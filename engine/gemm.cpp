@@ -238,9 +238,9 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
     // No layout for this ISA (scalar kernels, or the ISA was switched since packing).
     Tensor copy;  // the source unpacked, once released
     const float* src = a.owned_ ? a.data_[0].data() : a.a_;
-    if (!a.owned_ && a.source_released()) {
+    if (!a.owned_) {
       std::lock_guard<std::mutex> lock(a.mutex_);
-      copy = a.source_locked(&src);
+      copy = a.source_locked(&src);  // a_ itself until released
     }
     const GemmArgs g{a.trans_, trans_b, m, n, k, src, a.lda_, b, ldb, beta, c, ldc};
     if (threaded) {

@@ -350,10 +350,7 @@ Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tenso
     // Images side by side: the residual is not laid out like that block of C, so it is
     // added (and the ReLU applied) over the whole output afterwards.
     Tensor out = conv2d_forward_packed(x, w, b, s, false, nullptr);
-    if (relu)
-      add_relu_inplace(out, *residual);
-    else
-      add_into(out, *residual);
+    finish_conv_inplace(out, residual, relu);
     return out;
   }
   if (nb > 0) {
@@ -774,6 +771,15 @@ void add_relu_inplace(Tensor& y, const Tensor& x) {
       k.relu(d + p, d + p, q - p);
     }
   });
+}
+
+void finish_conv_inplace(Tensor& y, const Tensor* residual, bool relu) {
+  if (residual && relu)
+    add_relu_inplace(y, *residual);
+  else if (residual)
+    add_into(y, *residual);
+  else if (relu)
+    relu_inplace(y);
 }
 
 void relu_backward(const Tensor& gy, const Tensor& y, Tensor& gx) {

@@ -88,6 +88,9 @@ void relu_mask(const Tensor& gy, const Tensor& y, Tensor& gx);
 void relu_inplace(Tensor& y);
 // y = max(y + x, 0) in place (inference: a residual block's add and ReLU in one pass).
 void add_relu_inplace(Tensor& y, const Tensor& x);
+// y += residual (when set), then max(y, 0) when relu, in place: the end of a convolution
+// whose epilogue could not take them.
+void finish_conv_inplace(Tensor& y, const Tensor* residual, bool relu);
 
 // ------------------------------------------------------------------ pooling
 struct Pool2dSpec {

@@ -27,6 +27,17 @@ void scale_shift_in_place(const std::vector<float>& scale, const std::vector<flo
   }
 }
 
+// Passes gy on as one input's share of a sum's gradient g: written fresh (shared with gy;
+// the tape copies it before another gradient adds in) when unset, else added.
+void hand_on(Tensor& g, const Tensor& gy) {
+  if (!g.defined())
+    g = gy;
+  else if (g.shares_storage(gy))
+    g = add_forward(gy, gy);  // add(x, x): x's gradient was just set to gy itself
+  else
+    add_into(g, gy);
+}
+
 Parameter make_param(const Shape& shape, bool buffer = false) {
   Parameter p;
   p.value = Tensor::zeros(shape);
@@ -59,13 +70,7 @@ Var add(Tape* tape, const Var& a, const Var& b) {
       y, {&a, &b},
       [](const Tensor& gy, std::vector<Tensor*>& gin) {
         for (Tensor* g : gin) {
-          if (!g) continue;
-          if (!g->defined())
-            *g = gy;  // shared; the tape copies it before another gradient adds in
-          else if (g->shares_storage(gy))
-            *g = add_forward(gy, gy);  // add(x, x): x's gradient was just set to gy itself
-          else
-            add_into(*g, gy);
+          if (g) hand_on(*g, gy);
         }
       },
       false, /*writes_fresh=*/true);
@@ -150,7 +155,7 @@ void Conv2d::unpack_weights() {
   if (!forms_) return;
   std::lock_guard<std::mutex> flock(forms_->mutex);
   (void)forms_->plain_locked();
-  forms_->keep_plain = true;  // a caller holds the values: no release until the next pack
+  forms_->keep_plain.store(true);  // a caller holds the values: no release until the next pack
 }
 
 Tensor Conv2d::plain_weight() {
@@ -191,12 +196,15 @@ const PackedMatrix* Conv2d::FastForms::gemm_weights(const Conv2dSpec& s, bool tr
 }
 
 void Conv2d::FastForms::settle() {
+  if (released.load(std::memory_order_acquire) || keep_plain.load(std::memory_order_relaxed))
+    return;  // the common case, without the lock
   std::lock_guard<std::mutex> lock(mutex);
-  if (released.load(std::memory_order_relaxed) || keep_plain) return;
+  if (released.load(std::memory_order_relaxed) || keep_plain.load(std::memory_order_relaxed))
+    return;
   if (!gemm[0] && !gemm[1]) return;
   for (auto& g : gemm)
     if (g && !g->release_source()) {
-      keep_plain = true;  // this ISA or size cannot unpack: the plain weights stay
+      keep_plain.store(true);  // this ISA or size cannot unpack: the plain weights stay
       return;
     }
   weight.release_storage();
@@ -267,33 +275,21 @@ std::shared_ptr<Conv2d::FastForms> Conv2d::bn_forms(const BatchNorm2d& bn) {
   return f;
 }
 
-namespace {
-// y += residual (when set), then max(y, 0) when relu: the unfused end of a convolution.
-void finish(Tensor& y, const Tensor* residual, bool relu) {
-  if (residual && relu)
-    add_relu_inplace(y, *residual);
-  else if (residual)
-    add_into(y, *residual);
-  else if (relu)
-    relu_inplace(y);
-}
-}  // namespace
-
 Tensor Conv2d::forward_with(FastForms& f, const Tensor& x, bool relu, const Tensor* residual) const {
   const Tensor* b = f.bias.defined() ? &f.bias : nullptr;
   if (winograd_pays(x.shape(), spec_))
     if (const WinogradFilter* wf = f.winograd_filter(spec_, false)) {
       Tensor y = conv2d_forward_winograd(x, *wf, b, spec_, relu && !residual);
-      if (residual) finish(y, residual, relu);
+      if (residual) finish_conv_inplace(y, residual, relu);
       return y;
     }
   if (const PackedMatrix* pw = f.gemm_weights(spec_, false)) {
     Tensor y = conv2d_forward_packed(x, *pw, b, spec_, relu, residual);
-    if (!f.released.load(std::memory_order_acquire)) f.settle();
+    f.settle();
     return y;
   }
   Tensor y = conv2d_forward(x, f.plain(), b, spec_);
-  finish(y, residual, relu);
+  finish_conv_inplace(y, residual, relu);
   return y;
 }
 
@@ -303,7 +299,7 @@ void Conv2d::backward_data_with(FastForms& f, const Tensor& gy, Tensor& gx, bool
       return conv2d_backward_data_winograd(gy, *wt, spec_, gx, add);
   if (const PackedMatrix* pt = f.gemm_weights(spec_, true)) {
     conv2d_backward_data_packed(gy, *pt, spec_, gx, add);
-    if (!f.released.load(std::memory_order_acquire)) f.settle();
+    f.settle();
     return;
   }
   conv2d_backward_data(gy, f.plain(), spec_, gx, add);
@@ -313,7 +309,7 @@ Tensor Conv2d::infer(const Tensor& x, bool relu, const Tensor* residual) {
   if (!training_)
     if (std::shared_ptr<FastForms> f = own_forms()) return forward_with(*f, x, relu, residual);
   Tensor y = conv2d_forward(x, plain_weight(), has_bias_ ? &bias.value : nullptr, spec_);
-  finish(y, residual, relu);
+  finish_conv_inplace(y, residual, relu);
   return y;
 }
 
@@ -376,15 +372,7 @@ Var Conv2d::forward_bn(Tape* tape, const Var& x, BatchNorm2d& bn, bool relu_afte
           relu_mask(gy, y, g);
         }
         if (gin[0]) backward_data_with(*f, g, *gin[0], !claim_fresh(*gin[0], xs));
-        if (gin.size() > 1 && gin[1]) {  // the residual's: handed on as the add node does
-          Tensor& r = *gin[1];
-          if (!r.defined())
-            r = g;  // shared; the tape copies it before another gradient adds in
-          else if (r.shares_storage(g))
-            r = add_forward(g, g);
-          else
-            add_into(r, g);
-        }
+        if (gin.size() > 1 && gin[1]) hand_on(*gin[1], g);  // the residual's, as add's
       },
       false, /*writes_fresh=*/true);
 }

@@ -123,7 +123,7 @@ class Conv2d : public Module {
     std::vector<float> bn_params;  // the BatchNorm folded in: weight, bias, mean, variance
     std::mutex mutex;
     std::atomic<bool> released{false};
-    bool keep_plain = false;  // a GEMM form could not release its source: never retry
+    std::atomic<bool> keep_plain{false};  // no release: a form cannot, or a caller holds them
     std::shared_ptr<const WinogradFilter> winograd[2];
     std::shared_ptr<PackedMatrix> gemm[2];
     // The Winograd filter (transposed: of the data gradient), or null when Winograd does
@@ -132,7 +132,8 @@ class Conv2d : public Module {
     // The packed GEMM weights (transposed: W^T), or null for grouped layers or when
     // prepacking is off.
     const PackedMatrix* gemm_weights(const Conv2dSpec& s, bool transposed);
-    // Releases the plain weights when every GEMM form made so far can do without them.
+    // Releases the plain weights when every GEMM form made so far can do without them
+    // (cheap once released or when they must stay: call it after every GEMM use).
     void settle();
     // The plain weights (unpacked into weight, and mirror, when released); mutex held.
     const Tensor& plain_locked();
