@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include "engine/gemm.h"
 #include "engine/kernels/winograd.h"
@@ -38,50 +40,141 @@ struct TileGeometry {
   }
 };
 
-// Copies the 6x6 input patches of `lanes` tiles starting at t0 (channel c) into
-// patch[(r * 6 + col) * 16 + lane]; taps outside the image and unused lanes are zero.
-void gather_patches(const float* x, int64_t channels, int64_t c, int64_t h, int64_t w,
-                    int64_t ph, int64_t pw, const TileGeometry& geo, int64_t t0, int64_t lanes,
-                    float* patch) {
-  if (lanes < L) std::fill(patch, patch + kPositions * L, 0.0f);
-  for (int64_t l = 0; l < lanes; ++l) {
-    int64_t img, oy, ox;
-    geo.locate(t0 + l, img, oy, ox);
-    const float* plane = x + (img * channels + c) * h * w;
-    const int64_t iy0 = oy - ph, ix0 = ox - pw;
-    if (iy0 >= 0 && iy0 + 6 <= h && ix0 >= 0 && ix0 + 6 <= w) {
-      const float* src = plane + iy0 * w + ix0;
-      for (int64_t r = 0; r < 6; ++r)
-        for (int64_t col = 0; col < 6; ++col) patch[(r * 6 + col) * L + l] = src[r * w + col];
-      continue;
+// Sixteen consecutive tiles (one lane group) cross tile rows and images; a piece is a run
+// of them in one tile row: lanes [l0, l1) of the group, the first at output pixel
+// (oy, ox) of image img.
+struct Piece {
+  int64_t l0, l1, img, oy, ox;
+};
+
+// The lane groups of a block of `count` tiles from t0: group g holds the pieces
+// [first[g], first[g + 1]).
+struct BlockPieces {
+  std::vector<Piece> pieces;
+  std::vector<size_t> first;
+};
+
+BlockPieces block_pieces(const TileGeometry& geo, int64_t t0, int64_t count) {
+  BlockPieces out;
+  int64_t img, oy, ox;
+  geo.locate(t0, img, oy, ox);
+  const int64_t end_x = geo.tiles_w * 4, end_y = geo.per_image / geo.tiles_w * 4;
+  for (int64_t col = 0; col < count; col += L) {
+    out.first.push_back(out.pieces.size());
+    const int64_t lanes = std::min(L, count - col);
+    for (int64_t l = 0; l < lanes;) {
+      const int64_t run = std::min((end_x - ox) / 4, lanes - l);
+      out.pieces.push_back({l, l + run, img, oy, ox});
+      l += run;
+      ox += 4 * run;
+      if (ox < end_x) continue;
+      ox = 0;
+      oy += 4;
+      if (oy < end_y) continue;
+      oy = 0;
+      ++img;
     }
-    for (int64_t r = 0; r < 6; ++r) {
-      const int64_t iy = iy0 + r;
-      for (int64_t col = 0; col < 6; ++col) {
-        const int64_t ix = ix0 + col;
-        const bool inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
-        patch[(r * 6 + col) * L + l] = inside ? plane[iy * w + ix] : 0.0f;
+  }
+  out.first.push_back(out.pieces.size());
+  return out;
+}
+
+// d[0, n) = s[0, n) for the short runs of a tile row. Fixed-size chunks compile to vector
+// moves where a plain loop became a call to memmove.
+inline void copy_run(float* d, const float* s, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) std::memcpy(d + j, s + j, 8 * sizeof(float));
+  for (; j < n; ++j) d[j] = s[j];
+}
+
+// d[0, n) = 0, like copy_run.
+inline void zero_run(float* d, int64_t n) {
+  static const float zeros[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) std::memcpy(d + j, zeros, 8 * sizeof(float));
+  for (; j < n; ++j) d[j] = 0.0f;
+}
+
+// Floats a gather16 row reads: 16 tiles 4 apart, 6 wide.
+constexpr int64_t kBandRow = 4 * L + 2;
+
+// Input value (iy, ix) of a plane, zero outside it.
+inline float tap(const float* plane, int64_t h, int64_t w, int64_t iy, int64_t ix) {
+  return iy >= 0 && iy < h && ix >= 0 && ix < w ? plane[iy * w + ix] : 0.0f;
+}
+
+// The 6x6 input patches of one lane group in channel c into patch[(r * 6 + col) * 16 + l].
+// gather16 reads six rows with tile l at 4 l: straight from x when the group is one piece
+// whose rows lie inside the image (the read may run on past the piece into data no lane
+// keeps), else from copies in band with zeros outside the image. Columns 4 and 5 of a
+// piece's last tile are not its neighbour's columns 0 and 1, so they are set afterwards.
+void gather_group(const float* x, int64_t channels, int64_t c, int64_t h, int64_t w, int64_t ph,
+                  int64_t pw, const Piece* pieces, const Piece* pieces_end, int64_t lanes,
+                  const WinogradKernels& kern, float* band, float* patch) {
+  const float* rows[6];
+  const Piece& p0 = *pieces;
+  const float* x_end = x + (p0.img + 1) * channels * h * w;  // in bounds to read
+  const int64_t ix0 = p0.ox - pw;
+  const bool direct = pieces_end - pieces == 1 && p0.oy - ph >= 0 && p0.oy - ph + 6 <= h &&
+                      ix0 >= 0 && ix0 + 4 * lanes + 2 <= w;
+  if (direct) {
+    const float* src = x + (p0.img * channels + c) * h * w + (p0.oy - ph) * w + ix0;
+    if (src + 5 * w + kBandRow <= x_end)
+      for (int64_t r = 0; r < 6; ++r) rows[r] = src + r * w;
+    else
+      std::fill(rows, rows + 6, nullptr);
+  } else {
+    std::fill(rows, rows + 6, nullptr);
+  }
+  if (!rows[0]) {
+    // Only the columns [4 l0, 4 l1) of each piece are ever kept; the rest of band may hold
+    // anything.
+    for (const Piece* p = pieces; p != pieces_end; ++p) {
+      const float* plane = x + (p->img * channels + c) * h * w;
+      const int64_t px0 = p->ox - pw, width = 4 * (p->l1 - p->l0);
+      const int64_t c0 = std::min(width, std::max<int64_t>(0, -px0));
+      const int64_t c1 = std::max(c0, std::min(width, w - px0));
+      for (int64_t r = 0; r < 6; ++r) {
+        float* d = band + r * kBandRow + 4 * p->l0;
+        const int64_t iy = p->oy - ph + r;
+        if (iy < 0 || iy >= h) {
+          zero_run(d, width);
+          continue;
+        }
+        zero_run(d, c0);
+        copy_run(d + c0, plane + iy * w + px0 + c0, c1 - c0);
+        zero_run(d + c1, width - c1);
       }
+    }
+    for (int64_t r = 0; r < 6; ++r) rows[r] = band + r * kBandRow;
+  }
+  kern.gather16(rows, patch);
+  for (const Piece* p = pieces; p != pieces_end; ++p) {
+    const float* plane = x + (p->img * channels + c) * h * w;
+    const int64_t l = p->l1 - 1, ix = p->ox + 4 * (p->l1 - 1 - p->l0) - pw + 4;
+    for (int64_t r = 0; r < 6; ++r) {
+      const int64_t iy = p->oy - ph + r;
+      patch[(r * 6 + 4) * L + l] = tap(plane, h, w, iy, ix);
+      patch[(r * 6 + 5) * L + l] = tap(plane, h, w, iy, ix + 1);
     }
   }
 }
 
-// Writes (or, with accumulate, adds) the 4x4 output tiles out[(i * 4 + j) * 16 + lane] of
-// `lanes` tiles starting at t0 into channel k of y, dropping what falls outside oh x ow.
-void scatter_tiles(const float* out, int64_t lanes, const TileGeometry& geo, int64_t t0,
-                   int64_t k, int64_t channels, int64_t oh, int64_t ow, bool accumulate,
-                   float* y) {
-  for (int64_t l = 0; l < lanes; ++l) {
-    int64_t img, oy, ox;
-    geo.locate(t0 + l, img, oy, ox);
-    float* plane = y + (img * channels + k) * oh * ow;
-    const int64_t rows = std::min<int64_t>(4, oh - oy), cols = std::min<int64_t>(4, ow - ox);
+// Writes (or, with accumulate, adds) interleave16's four output rows `tile_rows` of one
+// lane group into channel k of y, dropping what falls outside oh x ow.
+void store_group(const float* tile_rows, const Piece* pieces, const Piece* pieces_end,
+                 int64_t k, int64_t channels, int64_t oh, int64_t ow, bool accumulate, float* y) {
+  for (const Piece* p = pieces; p != pieces_end; ++p) {
+    float* plane = y + (p->img * channels + k) * oh * ow;
+    const int64_t rows = std::min<int64_t>(4, oh - p->oy);
+    const int64_t cols = std::min<int64_t>(4 * (p->l1 - p->l0), ow - p->ox);
     for (int64_t i = 0; i < rows; ++i) {
-      float* dst = plane + (oy + i) * ow + ox;
+      float* dst = plane + (p->oy + i) * ow + p->ox;
+      const float* src = tile_rows + i * 4 * L + 4 * p->l0;
       if (accumulate)
-        for (int64_t j = 0; j < cols; ++j) dst[j] += out[(i * 4 + j) * L + l];
+        for (int64_t j = 0; j < cols; ++j) dst[j] += src[j];
       else
-        for (int64_t j = 0; j < cols; ++j) dst[j] = out[(i * 4 + j) * L + l];
+        copy_run(dst, src, cols);
     }
   }
 }
@@ -187,12 +280,15 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
   float* md = mbuf.data();
   for (int64_t t0 = 0; t0 < tiles; t0 += tb) {
     const int64_t count = std::min(tb, tiles - t0), groups = (count + L - 1) / L;
+    const BlockPieces bp = block_pieces(geo, t0, count);
+    const Piece* pieces = bp.pieces.data();
     parallel_for(cin * groups, [&](int64_t lo, int64_t hi) {
       alignas(64) float patch[kPositions * L];
+      alignas(64) float band[6 * kBandRow];
       for (int64_t item = lo; item < hi; ++item) {
         const int64_t c = item / groups, g = item % groups;
-        const int64_t lanes = std::min(L, count - g * L);
-        gather_patches(xd, cin, c, h, w, s.pad_h, s.pad_w, geo, t0 + g * L, lanes, patch);
+        gather_group(xd, cin, c, h, w, s.pad_h, s.pad_w, pieces + bp.first[g],
+                     pieces + bp.first[g + 1], std::min(L, count - g * L), kern, band, patch);
         kern.input16(patch, vd + c * stride + g * L, cin * stride);
       }
     });
@@ -205,11 +301,25 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
     });
     parallel_for(cout * groups, [&](int64_t lo, int64_t hi) {
       alignas(64) float out[16 * L];
+      alignas(64) float tile_rows[16 * L];
+      alignas(64) float last[kPositions * L];
       for (int64_t item = lo; item < hi; ++item) {
         const int64_t k = item / groups, g = item % groups;
         const int64_t lanes = std::min(L, count - g * L);
-        kern.output16(md + k * stride + g * L, cout * stride, b ? (*b)[k] : 0.0f, relu, out);
-        scatter_tiles(out, lanes, geo, t0 + g * L, k, cout, oh, ow, accumulate, yd);
+        const float* m = md + k * stride + g * L;
+        int64_t m_stride = cout * stride;
+        if (lanes < L) {
+          // A partial last group: the GEMM left the columns past `count` unwritten.
+          std::fill(last, last + kPositions * L, 0.0f);
+          for (int64_t xi = 0; xi < kPositions; ++xi)
+            std::copy(m + xi * m_stride, m + xi * m_stride + lanes, last + xi * L);
+          m = last;
+          m_stride = L;
+        }
+        kern.output16(m, m_stride, b ? (*b)[k] : 0.0f, relu, out);
+        kern.interleave16(out, tile_rows);
+        store_group(tile_rows, pieces + bp.first[g], pieces + bp.first[g + 1], k, cout, oh, ow,
+                    accumulate, yd);
       }
     });
   }

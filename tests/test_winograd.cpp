@@ -136,6 +136,50 @@ TEST_SUITE("winograd") {
     CHECK(scaled_error(ours, ref, x, wt) <= kScaledTol);
   }
 
+  TEST_CASE("wide rows: lane groups read straight from the image, and near its end") {
+    // Rows of 66 and more floats let a group of sixteen tiles in one tile row be read in
+    // place; the last rows of the tensor, the left and right padding and partial groups
+    // take the copied band instead.
+    std::mt19937_64 rng(19);
+    const int64_t widths[] = {66, 67, 70, 81, 133};
+    for (int trial = 0; trial < 15; ++trial) {
+      const int64_t w = widths[trial % 5], h = 3 + trial % 7, pad = trial % 3;
+      const int64_t n = 1 + trial % 2, cin = 16 + trial % 3, cout = 16;
+      const Conv2dSpec s = spec3x3(cin, cout, pad);
+      const Tensor x = randn({n, cin, h, w}, rng), wt = randn({cout, cin, 3, 3}, rng, 0.3);
+      const Tensor b = randn({cout}, rng);
+      const Tensor ref = conv2d_forward_naive(x, wt, &b, s);
+      const Tensor ours = conv2d_forward_winograd(x, winograd_filter(wt), &b, s);
+      REQUIRE(ours.shape() == ref.shape());
+      CHECK_MESSAGE(scaled_error(ours, ref, x, wt) <= kScaledTol,
+                    "n " << n << " cin " << cin << " " << h << "x" << w << " pad " << pad);
+    }
+  }
+
+  TEST_CASE("the gather and interleave steps move every value to its place on every ISA") {
+    std::vector<float> rows_data(6 * 66), out(16 * kWinogradLanes);
+    for (size_t i = 0; i < rows_data.size(); ++i) rows_data[i] = static_cast<float>(i);
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(i) + 0.5f;
+    const float* rows[6];
+    for (int r = 0; r < 6; ++r) rows[r] = rows_data.data() + r * 66;
+    for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+      if (!isa_supported(isa)) continue;
+      std::vector<float> patch(36 * kWinogradLanes, -1.0f), lines(4 * 4 * kWinogradLanes, -1.0f);
+      winograd_kernels(isa).gather16(rows, patch.data());
+      winograd_kernels(isa).interleave16(out.data(), lines.data());
+      int wrong = 0;
+      for (int r = 0; r < 6; ++r)
+        for (int col = 0; col < 6; ++col)
+          for (int l = 0; l < kWinogradLanes; ++l)
+            wrong += patch[(r * 6 + col) * kWinogradLanes + l] != rows[r][4 * l + col];
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j)
+          for (int l = 0; l < kWinogradLanes; ++l)
+            wrong += lines[i * 64 + 4 * l + j] != out[(i * 4 + j) * kWinogradLanes + l];
+      CHECK_MESSAGE(wrong == 0, isa_name(isa));
+    }
+  }
+
   TEST_CASE("the thread count and the ISA never change a bit of the transforms") {
     std::mt19937_64 rng(3);
     const Conv2dSpec s = spec3x3(24, 40, 1);

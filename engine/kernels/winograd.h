@@ -26,6 +26,12 @@ struct WinogradKernels {
   // m[xi * stride + lane] for xi = 0..35: sixteen 6x6 transformed products. Writes
   // A^T m A + bias (then max(., 0) when relu) to out[(i * 4 + j) * 16 + lane].
   void (*output16)(const float* m, int64_t stride, float bias, bool relu, float* out);
+  // patch[(r * 6 + col) * 16 + l] = rows[r][4 * l + col] for r, col < 6: the input patches
+  // of sixteen tiles side by side in one band of six image rows (66 floats read per row).
+  void (*gather16)(const float* const* rows, float* patch);
+  // rows[i * 64 + 4 * l + j] = out[(i * 4 + j) * 16 + l]: output16's tiles laid back out
+  // as four image rows of 64 values.
+  void (*interleave16)(const float* out, float* rows);
 };
 
 // The transforms of one ISA (unsupported ones give the scalar table).

@@ -9,6 +9,12 @@
 #pragma once
 #include <cstdint>
 
+#if defined(__AVX512F__) || defined(__SSE2__)
+#include <immintrin.h>
+#elif defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
 #include "engine/kernels/winograd.h"
 
 namespace isplit {
@@ -18,17 +24,23 @@ namespace winograd_impl {
 constexpr int64_t L = kWinogradLanes;
 
 // o[k * os] = (B^T s)[k] for the 6-vector s[k * ss], lane by lane (B^T of F(4x4, 3x3)).
+// The results go to a local block first and are then stored row by row: with a run-time
+// os the six output rows might overlap as far as the compiler knows, and storing them
+// straight from the loop left it scalar.
 inline void apply_bt(const float* s, int64_t ss, float* o, int64_t os) {
+  alignas(64) float r[6][L];
   for (int64_t l = 0; l < L; ++l) {
     const float d0 = s[l], d1 = s[ss + l], d2 = s[2 * ss + l], d3 = s[3 * ss + l],
                 d4 = s[4 * ss + l], d5 = s[5 * ss + l];
-    o[l] = (4.0f * d0 - 5.0f * d2) + d4;
-    o[os + l] = (d4 + d3) - 4.0f * (d1 + d2);
-    o[2 * os + l] = (d4 - d3) + 4.0f * (d1 - d2);
-    o[3 * os + l] = (d4 - d2) + 2.0f * (d3 - d1);
-    o[4 * os + l] = (d4 - d2) - 2.0f * (d3 - d1);
-    o[5 * os + l] = (4.0f * d1 - 5.0f * d3) + d5;
+    r[0][l] = (4.0f * d0 - 5.0f * d2) + d4;
+    r[1][l] = (d4 + d3) - 4.0f * (d1 + d2);
+    r[2][l] = (d4 - d3) + 4.0f * (d1 - d2);
+    r[3][l] = (d4 - d2) + 2.0f * (d3 - d1);
+    r[4][l] = (d4 - d2) - 2.0f * (d3 - d1);
+    r[5][l] = (4.0f * d1 - 5.0f * d3) + d5;
   }
+  for (int64_t k = 0; k < 6; ++k)
+    for (int64_t l = 0; l < L; ++l) o[k * os + l] = r[k][l];
 }
 
 // o[k * os] = (A^T s)[k], k = 0..3, for the 6-vector s[k * ss] (A^T of F(4x4, 3x3)).
@@ -49,6 +61,113 @@ void input16(const float* in, float* v, int64_t stride) {
   alignas(64) float t[36 * L];
   for (int64_t c = 0; c < 6; ++c) apply_bt(in + c * L, 6 * L, t + c * L, 6 * L);
   for (int64_t r = 0; r < 6; ++r) apply_bt(t + r * 6 * L, L, v + r * 6 * stride, stride);
+}
+
+// Columns 0..3 of gather16 for one row: p[c * 16 + l] = s[4 * l + c].
+inline void deinterleave4(const float* s, float* p) {
+#if defined(__AVX512F__)
+  // Lanes 0..7 come from s[0..32), lanes 8..15 from s[32..64): one two-source permute
+  // each, then a blend.
+  const __m512 a0 = _mm512_loadu_ps(s), a1 = _mm512_loadu_ps(s + 16);
+  const __m512 a2 = _mm512_loadu_ps(s + 32), a3 = _mm512_loadu_ps(s + 48);
+  for (int c = 0; c < 4; ++c) {
+    const __m512i idx = _mm512_setr_epi32(c, 4 + c, 8 + c, 12 + c, 16 + c, 20 + c, 24 + c, 28 + c,
+                                          c, 4 + c, 8 + c, 12 + c, 16 + c, 20 + c, 24 + c, 28 + c);
+    const __m512 lo = _mm512_permutex2var_ps(a0, idx, a1);
+    const __m512 hi = _mm512_permutex2var_ps(a2, idx, a3);
+    _mm512_storeu_ps(p + c * L, _mm512_mask_blend_ps(0xff00, lo, hi));
+  }
+#elif defined(__SSE2__)
+  // Four tiles at a time: a 4x4 transpose of s[16 g .. 16 g + 16).
+  for (int64_t g = 0; g < L / 4; ++g) {
+    __m128 r0 = _mm_loadu_ps(s + 16 * g), r1 = _mm_loadu_ps(s + 16 * g + 4);
+    __m128 r2 = _mm_loadu_ps(s + 16 * g + 8), r3 = _mm_loadu_ps(s + 16 * g + 12);
+    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+    _mm_storeu_ps(p + 4 * g, r0);
+    _mm_storeu_ps(p + L + 4 * g, r1);
+    _mm_storeu_ps(p + 2 * L + 4 * g, r2);
+    _mm_storeu_ps(p + 3 * L + 4 * g, r3);
+  }
+#elif defined(__ARM_NEON)
+  for (int64_t g = 0; g < L / 4; ++g) {
+    const float32x4x4_t q = vld4q_f32(s + 16 * g);
+    vst1q_f32(p + 4 * g, q.val[0]);
+    vst1q_f32(p + L + 4 * g, q.val[1]);
+    vst1q_f32(p + 2 * L + 4 * g, q.val[2]);
+    vst1q_f32(p + 3 * L + 4 * g, q.val[3]);
+  }
+#else
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t c = 0; c < 4; ++c) p[c * L + l] = s[4 * l + c];
+#endif
+}
+
+// WinogradKernels::gather16: patch[(r * 6 + col) * 16 + l] = rows[r][4 * l + col], the 6x6
+// input patches of sixteen side-by-side tiles. Columns 4 and 5 of tile l are columns 0
+// and 1 of tile l + 1, so they are those rows moved one lane down.
+void gather16(const float* const* rows, float* patch) {
+  for (int64_t r = 0; r < 6; ++r) {
+    const float* s = rows[r];
+    float* p = patch + r * 6 * L;
+    deinterleave4(s, p);
+    for (int64_t l = 0; l + 1 < L; ++l) {
+      p[4 * L + l] = p[l + 1];
+      p[5 * L + l] = p[L + l + 1];
+    }
+    p[5 * L - 1] = s[4 * L];
+    p[6 * L - 1] = s[4 * L + 1];
+  }
+}
+
+// WinogradKernels::interleave16: rows[i * 64 + 4 * l + j] = out[(i * 4 + j) * 16 + l], the
+// four output rows of sixteen side-by-side 4x4 tiles.
+void interleave16(const float* out, float* rows) {
+  for (int64_t i = 0; i < 4; ++i) {
+    const float* o = out + i * 4 * L;
+    float* d = rows + i * 4 * L;
+#if defined(__AVX512F__)
+    // Two rounds of two-source permutes: o0 with o1 and o2 with o3 pairwise, then the
+    // pairs two by two.
+    const __m512i pair_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i pair_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30,
+                                              15, 31);
+    const __m512i quad_lo = _mm512_setr_epi32(0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
+    const __m512i quad_hi = _mm512_setr_epi32(8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15,
+                                              30, 31);
+    const __m512 o0 = _mm512_loadu_ps(o), o1 = _mm512_loadu_ps(o + L);
+    const __m512 o2 = _mm512_loadu_ps(o + 2 * L), o3 = _mm512_loadu_ps(o + 3 * L);
+    const __m512 a_lo = _mm512_permutex2var_ps(o0, pair_lo, o1);
+    const __m512 a_hi = _mm512_permutex2var_ps(o0, pair_hi, o1);
+    const __m512 c_lo = _mm512_permutex2var_ps(o2, pair_lo, o3);
+    const __m512 c_hi = _mm512_permutex2var_ps(o2, pair_hi, o3);
+    _mm512_storeu_ps(d, _mm512_permutex2var_ps(a_lo, quad_lo, c_lo));
+    _mm512_storeu_ps(d + 16, _mm512_permutex2var_ps(a_lo, quad_hi, c_lo));
+    _mm512_storeu_ps(d + 32, _mm512_permutex2var_ps(a_hi, quad_lo, c_hi));
+    _mm512_storeu_ps(d + 48, _mm512_permutex2var_ps(a_hi, quad_hi, c_hi));
+#elif defined(__SSE2__)
+    for (int64_t g = 0; g < L / 4; ++g) {
+      __m128 r0 = _mm_loadu_ps(o + 4 * g), r1 = _mm_loadu_ps(o + L + 4 * g);
+      __m128 r2 = _mm_loadu_ps(o + 2 * L + 4 * g), r3 = _mm_loadu_ps(o + 3 * L + 4 * g);
+      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+      _mm_storeu_ps(d + 16 * g, r0);
+      _mm_storeu_ps(d + 16 * g + 4, r1);
+      _mm_storeu_ps(d + 16 * g + 8, r2);
+      _mm_storeu_ps(d + 16 * g + 12, r3);
+    }
+#elif defined(__ARM_NEON)
+    for (int64_t g = 0; g < L / 4; ++g) {
+      float32x4x4_t q;
+      q.val[0] = vld1q_f32(o + 4 * g);
+      q.val[1] = vld1q_f32(o + L + 4 * g);
+      q.val[2] = vld1q_f32(o + 2 * L + 4 * g);
+      q.val[3] = vld1q_f32(o + 3 * L + 4 * g);
+      vst4q_f32(d + 16 * g, q);
+    }
+#else
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t j = 0; j < 4; ++j) d[4 * l + j] = o[j * L + l];
+#endif
+  }
 }
 
 // WinogradKernels::output16: out = A^T m A + bias (then ReLU) for sixteen tiles.
