@@ -829,6 +829,46 @@ Shape pool2d_out_shape(const Shape& x, const Pool2dSpec& s) {
           pool_out(x[3], s.kw, s.stride_w, s.pad_w, s.ceil_mode)};
 }
 
+namespace {
+// Outputs [0, count) of one row of 2x2 stride-2 max pooling with their argmax: the window
+// of output j is r[2j], r[2j + 1], r[w + 2j], r[w + 2j + 1], taken in that order; the first
+// maximum wins, and a NaN, the first one, wins over everything. base is the flat index of
+// r[0] in its plane.
+void maxpool_pairs_row(const float* r, int64_t w, int64_t count, int32_t base, float* y,
+                       int32_t* arg) {
+  const float* r1 = r + w;
+  for (int64_t j = 0; j < count; ++j) {
+    const float a = r[2 * j], b = r[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
+    float best = a;
+    int32_t at = 0;
+    bool more = b > best;
+    best = more ? b : best;
+    at = more ? 1 : at;
+    more = c > best;
+    best = more ? c : best;
+    at = more ? 2 : at;
+    more = d > best;
+    best = more ? d : best;
+    at = more ? 3 : at;
+    // The first NaN instead, if any: comparisons with a NaN are false, so only a NaN a
+    // has been kept so far.
+    const bool na = a != a, nb = b != b, nc = c != c, nd = d != d;
+    // Selects from the last to the first, so the first NaN is the one that stays (plain
+    // selects, no short-circuit chain, so the loop stays free of branches).
+    best = nd ? d : best;
+    at = nd ? 3 : at;
+    best = nc ? c : best;
+    at = nc ? 2 : at;
+    best = nb ? b : best;
+    at = nb ? 1 : at;
+    best = na ? a : best;
+    at = na ? 0 : at;
+    y[j] = best;
+    arg[j] = base + static_cast<int32_t>(2 * j) + (at >> 1) * static_cast<int32_t>(w) + (at & 1);
+  }
+}
+}  // namespace
+
 Tensor maxpool2d_forward(const Tensor& x, const Pool2dSpec& s, std::vector<int32_t>* argmax) {
   const Shape os = pool2d_out_shape(x.shape(), s);
   Tensor y = Tensor::empty(os);
@@ -843,15 +883,27 @@ Tensor maxpool2d_forward(const Tensor& x, const Pool2dSpec& s, std::vector<int32
     return y;
   }
   argmax->resize(static_cast<size_t>(y.numel()));
+  // VGG's 2x2 stride-2 windows without padding: whole windows in a loop over the output
+  // columns that the compiler vectorises (the same first maximum and first NaN as the
+  // general loop below, which takes the rest).
+  const bool pairs = s.kh == 2 && s.kw == 2 && s.stride_h == 2 && s.stride_w == 2 &&
+                     s.pad_h == 0 && s.pad_w == 0;
+  const int64_t full_h = pairs ? std::min(oh, h / 2) : 0, full_w = pairs ? std::min(ow, w / 2) : 0;
   parallel_for(os[0] * os[1], [&](int64_t b, int64_t e) {
     for (int64_t plane = b; plane < e; ++plane) {
       const float* xp = x.data() + plane * h * w;
       float* yp = y.data() + plane * oh * ow;
       int32_t* ap = argmax->data() + plane * oh * ow;
       for (int64_t oy = 0; oy < oh; ++oy) {
+        int64_t ox_start = 0;
+        if (oy < full_h) {
+          maxpool_pairs_row(xp + 2 * oy * w, w, full_w, static_cast<int32_t>(2 * oy * w),
+                            yp + oy * ow, ap + oy * ow);
+          ox_start = full_w;
+        }
         const int64_t y0 = oy * s.stride_h - s.pad_h;
         const int64_t ya = std::max<int64_t>(y0, 0), yb = std::min(y0 + s.kh, h);
-        for (int64_t ox = 0; ox < ow; ++ox) {
+        for (int64_t ox = ox_start; ox < ow; ++ox) {
           const int64_t x0 = ox * s.stride_w - s.pad_w;
           const int64_t xa = std::max<int64_t>(x0, 0), xb = std::min(x0 + s.kw, w);
           // The first maximum, without branches on the data (PyTorch's choice); a NaN

@@ -292,44 +292,70 @@ TEST_SUITE("importance_fast") {
   }
 
   TEST_CASE("maxpool2d_forward with argmax: the first maximum, NaN wins, values as inference") {
-    std::mt19937 rng(10);
-    Pool2dSpec ps;
-    ps.kh = ps.kw = 3;
-    ps.stride_h = ps.stride_w = 2;
-    ps.pad_h = ps.pad_w = 1;
-    // Few distinct values (ties), a NaN and -inf in places.
-    Tensor x = Tensor::empty({2, 3, 9, 8});
-    std::uniform_int_distribution<int> pick(0, 3);
-    for (int64_t i = 0; i < x.numel(); ++i) x[i] = float(pick(rng));
-    x[5] = std::nanf("");
-    x[7] = std::nanf("");
-    for (int64_t i = 72; i < 144; ++i) x[i] = -std::numeric_limits<float>::infinity();
-    std::vector<int32_t> am;
-    const Tensor y = maxpool2d_forward(x, ps, &am);
-    const Tensor yi = maxpool2d_forward(x, ps, nullptr);
-    const int64_t h = 9, w = 8, oh = y.dim(2), ow = y.dim(3);
-    for (int64_t p = 0; p < 6; ++p)
-      for (int64_t oy = 0; oy < oh; ++oy)
-        for (int64_t ox = 0; ox < ow; ++ox) {
-          // Brute force: the first NaN, else the first maximum, in row-major window order.
-          int64_t want = -1;
-          for (int64_t iy = std::max<int64_t>(0, oy * 2 - 1); iy < std::min(h, oy * 2 + 2); ++iy)
-            for (int64_t ix = std::max<int64_t>(0, ox * 2 - 1); ix < std::min(w, ox * 2 + 2); ++ix) {
-              const float v = x[p * h * w + iy * w + ix];
-              if (want < 0) {
-                want = iy * w + ix;
-                continue;
+    // ResNet-50's 3x3 stride-2 padded pool (the general loop) and VGG16's 2x2 stride-2
+    // pool (a loop of its own over whole windows), in floor and ceil mode, on odd and even
+    // sizes so that partial windows fall to the general loop.
+    struct Case {
+      int64_t k, pad;
+      bool ceil;
+      int64_t h, w;
+    };
+    const Case cases[] = {{3, 1, false, 9, 8}, {2, 0, false, 9, 8}, {2, 0, true, 9, 7},
+                          {2, 0, false, 12, 40}, {2, 0, true, 11, 41}};
+    for (const Case& cs : cases) {
+      std::mt19937 rng(10);
+      Pool2dSpec ps;
+      ps.kh = ps.kw = cs.k;
+      ps.stride_h = ps.stride_w = 2;
+      ps.pad_h = ps.pad_w = cs.pad;
+      ps.ceil_mode = cs.ceil;
+      const int64_t h = cs.h, w = cs.w, plane = h * w;
+      // Few distinct values (ties, +0 and -0 among them), NaNs and -inf in places.
+      Tensor x = Tensor::empty({2, 3, h, w});
+      std::uniform_int_distribution<int> pick(0, 4);
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        const int v = pick(rng);
+        x[i] = v == 4 ? -0.0f : float(v);
+      }
+      x[5] = std::nanf("");
+      x[7] = std::nanf("");
+      x[w + 2] = std::nanf("");
+      x[w + 3] = std::nanf("");
+      for (int64_t i = plane; i < 2 * plane; ++i) x[i] = -std::numeric_limits<float>::infinity();
+      // Plane 2: NaNs everywhere, so windows hold two or more and the first must win.
+      std::bernoulli_distribution nan_here(0.3);
+      for (int64_t i = 2 * plane; i < 3 * plane; ++i)
+        if (nan_here(rng)) x[i] = std::nanf("");
+      std::vector<int32_t> am;
+      const Tensor y = maxpool2d_forward(x, ps, &am);
+      const Tensor yi = maxpool2d_forward(x, ps, nullptr);
+      const int64_t oh = y.dim(2), ow = y.dim(3);
+      for (int64_t p = 0; p < 6; ++p)
+        for (int64_t oy = 0; oy < oh; ++oy)
+          for (int64_t ox = 0; ox < ow; ++ox) {
+            // Brute force: the first NaN, else the first maximum, in row-major window order.
+            int64_t want = -1;
+            const int64_t y0 = oy * 2 - cs.pad, x0 = ox * 2 - cs.pad;
+            for (int64_t iy = std::max<int64_t>(0, y0); iy < std::min(h, y0 + cs.k); ++iy)
+              for (int64_t ix = std::max<int64_t>(0, x0); ix < std::min(w, x0 + cs.k); ++ix) {
+                const float v = x[p * plane + iy * w + ix];
+                if (want < 0) {
+                  want = iy * w + ix;
+                  continue;
+                }
+                const float b = x[p * plane + want];
+                if (!std::isnan(b) && (std::isnan(v) || v > b)) want = iy * w + ix;
               }
-              const float b = x[p * h * w + want];
-              if (!std::isnan(b) && (std::isnan(v) || v > b)) want = iy * w + ix;
-            }
-          const int64_t o = p * oh * ow + oy * ow + ox;
-          CAPTURE(o);
-          CHECK(am[static_cast<size_t>(o)] == want);
-          const float b = x[p * h * w + want];
-          CHECK((std::isnan(b) ? std::isnan(y[o]) : y[o] == b));
-          CHECK((std::isnan(yi[o]) ? std::isnan(y[o]) : y[o] == yi[o]));
-        }
+            const int64_t o = p * oh * ow + oy * ow + ox;
+            CAPTURE(cs.k);
+            CAPTURE(cs.ceil);
+            CAPTURE(o);
+            CHECK(am[static_cast<size_t>(o)] == want);
+            const float b = x[p * plane + want], got = y[o];
+            CHECK((std::isnan(b) ? std::isnan(got) : std::memcmp(&got, &b, 4) == 0));
+            CHECK((std::isnan(yi[o]) ? std::isnan(y[o]) : y[o] == yi[o]));
+          }
+    }
   }
 
   TEST_CASE("a packed ResNet-50 importance pass reuses every block after the first passes") {
