@@ -830,41 +830,33 @@ Shape pool2d_out_shape(const Shape& x, const Pool2dSpec& s) {
 }
 
 namespace {
-// Outputs [0, count) of one row of 2x2 stride-2 max pooling with their argmax: the window
-// of output j is r[2j], r[2j + 1], r[w + 2j], r[w + 2j + 1], taken in that order; the first
-// maximum wins, and a NaN, the first one, wins over everything. base is the flat index of
-// r[0] in its plane.
-void maxpool_pairs_row(const float* r, int64_t w, int64_t count, int32_t base, float* y,
-                       int32_t* arg) {
-  const float* r1 = r + w;
+// Outputs [0, count) of one row of KxK stride-2 max pooling with their argmax, every window
+// inside the plane: output j's window has its top-left at r[2 j], rows w apart, taken in
+// row-major order. The first maximum wins, and a NaN, the first one, wins over everything.
+// base is the flat index of r[0] in its plane.
+template <int K>
+void maxpool_s2_row(const float* r, int64_t w, int64_t count, int32_t base, float* y,
+                    int32_t* arg) {
   for (int64_t j = 0; j < count; ++j) {
-    const float a = r[2 * j], b = r[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
-    float best = a;
+    float v[K * K];
+    for (int a = 0; a < K; ++a)
+      for (int b = 0; b < K; ++b) v[a * K + b] = r[a * w + 2 * j + b];
+    float best = v[0];
     int32_t at = 0;
-    bool more = b > best;
-    best = more ? b : best;
-    at = more ? 1 : at;
-    more = c > best;
-    best = more ? c : best;
-    at = more ? 2 : at;
-    more = d > best;
-    best = more ? d : best;
-    at = more ? 3 : at;
-    // The first NaN instead, if any: comparisons with a NaN are false, so only a NaN a
-    // has been kept so far.
-    const bool na = a != a, nb = b != b, nc = c != c, nd = d != d;
-    // Selects from the last to the first, so the first NaN is the one that stays (plain
-    // selects, no short-circuit chain, so the loop stays free of branches).
-    best = nd ? d : best;
-    at = nd ? 3 : at;
-    best = nc ? c : best;
-    at = nc ? 2 : at;
-    best = nb ? b : best;
-    at = nb ? 1 : at;
-    best = na ? a : best;
-    at = na ? 0 : at;
+    for (int t = 1; t < K * K; ++t) {
+      const bool more = v[t] > best;
+      best = more ? v[t] : best;
+      at = more ? t : at;
+    }
+    // The first NaN instead, if any: selects from the last element to the first, so the
+    // first NaN is the one that stays (plain selects keep the loop free of branches).
+    for (int t = K * K - 1; t >= 0; --t) {
+      const bool nan = v[t] != v[t];
+      best = nan ? v[t] : best;
+      at = nan ? t : at;
+    }
     y[j] = best;
-    arg[j] = base + static_cast<int32_t>(2 * j) + (at >> 1) * static_cast<int32_t>(w) + (at & 1);
+    arg[j] = base + static_cast<int32_t>(2 * j) + (at / K) * static_cast<int32_t>(w) + at % K;
   }
 }
 }  // namespace
@@ -883,27 +875,42 @@ Tensor maxpool2d_forward(const Tensor& x, const Pool2dSpec& s, std::vector<int32
     return y;
   }
   argmax->resize(static_cast<size_t>(y.numel()));
-  // VGG's 2x2 stride-2 windows without padding: whole windows in a loop over the output
-  // columns that the compiler vectorises (the same first maximum and first NaN as the
-  // general loop below, which takes the rest).
-  const bool pairs = s.kh == 2 && s.kw == 2 && s.stride_h == 2 && s.stride_w == 2 &&
-                     s.pad_h == 0 && s.pad_w == 0;
-  const int64_t full_h = pairs ? std::min(oh, h / 2) : 0, full_w = pairs ? std::min(ow, w / 2) : 0;
+  // 2x2 (VGG16) and 3x3 (ResNet-50) windows of stride 2: the windows that lie inside the
+  // plane go through a loop over output columns that the compiler vectorises (the same
+  // first maximum and first NaN as the general loop below, which takes the rest).
+  const int kwin = s.kh == s.kw && s.stride_h == 2 && s.stride_w == 2 &&
+                           (s.kh == 2 || s.kh == 3) ? static_cast<int>(s.kh) : 0;
+  // Outputs whose windows start at or after 0 and end inside: [lo, hi) along each axis.
+  auto inside = [&](int64_t pad, int64_t in, int64_t out, int64_t& lo, int64_t& hi) {
+    lo = std::min(out, (pad + 1) / 2);
+    hi = std::max(lo, std::min(out, in - kwin + pad >= 0 ? (in - kwin + pad) / 2 + 1 : 0));
+  };
+  int64_t ylo = 0, yhi = 0, xlo = 0, xhi = 0;
+  if (kwin) {
+    inside(s.pad_h, h, oh, ylo, yhi);
+    inside(s.pad_w, w, ow, xlo, xhi);
+  }
   parallel_for(os[0] * os[1], [&](int64_t b, int64_t e) {
     for (int64_t plane = b; plane < e; ++plane) {
       const float* xp = x.data() + plane * h * w;
       float* yp = y.data() + plane * oh * ow;
       int32_t* ap = argmax->data() + plane * oh * ow;
       for (int64_t oy = 0; oy < oh; ++oy) {
-        int64_t ox_start = 0;
-        if (oy < full_h) {
-          maxpool_pairs_row(xp + 2 * oy * w, w, full_w, static_cast<int32_t>(2 * oy * w),
-                            yp + oy * ow, ap + oy * ow);
-          ox_start = full_w;
+        const bool fast = oy >= ylo && oy < yhi && xhi > xlo;
+        if (fast) {
+          const int64_t at = (2 * oy - s.pad_h) * w + 2 * xlo - s.pad_w;
+          if (kwin == 2)
+            maxpool_s2_row<2>(xp + at, w, xhi - xlo, static_cast<int32_t>(at), yp + oy * ow + xlo,
+                              ap + oy * ow + xlo);
+          else
+            maxpool_s2_row<3>(xp + at, w, xhi - xlo, static_cast<int32_t>(at), yp + oy * ow + xlo,
+                              ap + oy * ow + xlo);
         }
         const int64_t y0 = oy * s.stride_h - s.pad_h;
         const int64_t ya = std::max<int64_t>(y0, 0), yb = std::min(y0 + s.kh, h);
-        for (int64_t ox = ox_start; ox < ow; ++ox) {
+        for (int64_t ox = 0; ox < ow; ++ox) {
+          if (fast && ox == xlo) ox = xhi;  // done above
+          if (ox >= ow) break;
           const int64_t x0 = ox * s.stride_w - s.pad_w;
           const int64_t xa = std::max<int64_t>(x0, 0), xb = std::min(x0 + s.kw, w);
           // The first maximum, without branches on the data (PyTorch's choice); a NaN

@@ -292,15 +292,16 @@ TEST_SUITE("importance_fast") {
   }
 
   TEST_CASE("maxpool2d_forward with argmax: the first maximum, NaN wins, values as inference") {
-    // ResNet-50's 3x3 stride-2 padded pool (the general loop) and VGG16's 2x2 stride-2
-    // pool (a loop of its own over whole windows), in floor and ceil mode, on odd and even
-    // sizes so that partial windows fall to the general loop.
+    // ResNet-50's 3x3 and VGG16's 2x2 stride-2 pools, with and without padding, in floor
+    // and ceil mode, on odd and even sizes: windows inside the plane take a loop of their
+    // own, the rest the general loop.
     struct Case {
       int64_t k, pad;
       bool ceil;
       int64_t h, w;
     };
-    const Case cases[] = {{3, 1, false, 9, 8}, {2, 0, false, 9, 8}, {2, 0, true, 9, 7},
+    const Case cases[] = {{3, 1, false, 9, 8},   {3, 1, false, 20, 23}, {3, 1, true, 21, 22},
+                          {3, 0, false, 13, 17}, {2, 0, false, 9, 8},   {2, 0, true, 9, 7},
                           {2, 0, false, 12, 40}, {2, 0, true, 11, 41}};
     for (const Case& cs : cases) {
       std::mt19937 rng(10);
