@@ -127,8 +127,8 @@ void gather_group(const float* x, int64_t channels, int64_t c, int64_t h, int64_
     std::fill(rows, rows + 6, nullptr);
   }
   if (!rows[0]) {
-    // Only the columns [4 l0, 4 l1) of each piece are ever kept; the rest of band may hold
-    // anything.
+    // Only the columns [4 l0, 4 l1) of each piece are ever kept; past the group, band holds
+    // zeros or an earlier group's values, which only unused lanes read.
     for (const Piece* p = pieces; p != pieces_end; ++p) {
       const float* plane = x + (p->img * channels + c) * h * w;
       const int64_t px0 = p->ox - pw, width = 4 * (p->l1 - p->l0);
@@ -284,7 +284,7 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
     const Piece* pieces = bp.pieces.data();
     parallel_for(cin * groups, [&](int64_t lo, int64_t hi) {
       alignas(64) float patch[kPositions * L];
-      alignas(64) float band[6 * kBandRow];
+      alignas(64) float band[6 * kBandRow] = {};  // lanes past a group read what is left
       for (int64_t item = lo; item < hi; ++item) {
         const int64_t c = item / groups, g = item % groups;
         gather_group(xd, cin, c, h, w, s.pad_h, s.pad_w, pieces + bp.first[g],
