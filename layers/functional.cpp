@@ -908,13 +908,11 @@ Tensor maxpool2d_forward(const Tensor& x, const Pool2dSpec& s, std::vector<int32
         }
         const int64_t y0 = oy * s.stride_h - s.pad_h;
         const int64_t ya = std::max<int64_t>(y0, 0), yb = std::min(y0 + s.kh, h);
-        for (int64_t ox = 0; ox < ow; ++ox) {
-          if (fast && ox == xlo) ox = xhi;  // done above
-          if (ox >= ow) break;
+        // Output ox the general way: the first maximum, without branches on the data
+        // (PyTorch's choice); a NaN wins, the first one, which a second look finds.
+        auto window = [&](int64_t ox) {
           const int64_t x0 = ox * s.stride_w - s.pad_w;
           const int64_t xa = std::max<int64_t>(x0, 0), xb = std::min(x0 + s.kw, w);
-          // The first maximum, without branches on the data (PyTorch's choice); a NaN
-          // wins, the first one, which a second look finds.
           float best = -std::numeric_limits<float>::infinity();
           int64_t best_i = ya * w + xa;
           bool nan = false;
@@ -936,7 +934,11 @@ Tensor maxpool2d_forward(const Tensor& x, const Pool2dSpec& s, std::vector<int32
                 }
           yp[oy * ow + ox] = best;
           ap[oy * ow + ox] = static_cast<int32_t>(best_i);
-        }
+        };
+        // The columns the loop above did not take.
+        const int64_t skip_lo = fast ? xlo : ow, skip_hi = fast ? xhi : ow;
+        for (int64_t ox = 0; ox < skip_lo; ++ox) window(ox);
+        for (int64_t ox = skip_hi; ox < ow; ++ox) window(ox);
       }
     }
   });

@@ -115,18 +115,13 @@ void gather_group(const float* x, int64_t channels, int64_t c, int64_t h, int64_
   const Piece& p0 = *pieces;
   const float* x_end = x + (p0.img + 1) * channels * h * w;  // in bounds to read
   const int64_t ix0 = p0.ox - pw;
-  const bool direct = pieces_end - pieces == 1 && p0.oy - ph >= 0 && p0.oy - ph + 6 <= h &&
-                      ix0 >= 0 && ix0 + 4 * lanes + 2 <= w;
+  bool direct = pieces_end - pieces == 1 && p0.oy - ph >= 0 && p0.oy - ph + 6 <= h &&
+                ix0 >= 0 && ix0 + 4 * lanes + 2 <= w;
+  const float* src = direct ? x + (p0.img * channels + c) * h * w + (p0.oy - ph) * w + ix0 : x;
+  direct = direct && src + 5 * w + kBandRow <= x_end;
   if (direct) {
-    const float* src = x + (p0.img * channels + c) * h * w + (p0.oy - ph) * w + ix0;
-    if (src + 5 * w + kBandRow <= x_end)
-      for (int64_t r = 0; r < 6; ++r) rows[r] = src + r * w;
-    else
-      std::fill(rows, rows + 6, nullptr);
+    for (int64_t r = 0; r < 6; ++r) rows[r] = src + r * w;
   } else {
-    std::fill(rows, rows + 6, nullptr);
-  }
-  if (!rows[0]) {
     // Only the columns [4 l0, 4 l1) of each piece are ever kept; past the group, band holds
     // zeros or an earlier group's values, which only unused lanes read.
     for (const Piece* p = pieces; p != pieces_end; ++p) {
