@@ -41,6 +41,9 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   cmd->add_option("--num-classes", a.num_classes, "classifier width (default 1000; 10 for train)")->check(CLI::PositiveNumber);
   cmd->add_flag("--json", a.json, "print one JSON object");
   cmd->add_option("--winograd", a.winograd, "3x3 convolutions by Winograd: on, off or auto (default: ISPLIT_WINOGRAD, else auto)");
+  cmd->add_option("--winograd-filters", a.winograd_filters,
+                  "Winograd filters stored transformed (faster) or streamed from the weights (a quarter of the memory) (default: ISPLIT_WINOGRAD_FILTERS, else stored)")
+      ->check(CLI::IsMember({"stored", "streamed"}));
   cmd->add_option("--prepack", a.prepack, "GEMM weights packed once for inference: on or off (default: ISPLIT_PREPACK, else on)")
       ->check(CLI::IsMember({"on", "off"}));
   add_backend_option(cmd, a.backend);
@@ -55,6 +58,8 @@ int run_bench(const BenchArgs& a) {
   }
   set_num_threads(a.threads);
   if (!a.winograd.empty()) set_winograd_mode(parse_winograd_mode(a.winograd, "--winograd"));
+  if (!a.winograd_filters.empty())
+    set_winograd_filters_mode(parse_winograd_filters(a.winograd_filters, "--winograd-filters"));
   if (!a.prepack.empty()) set_gemm_prepack(a.prepack == "on");
   if (a.mode == "train" && a.batch < 2) throw Error("--batch: train mode needs at least 2 images (BatchNorm batch statistics)");
   const int64_t classes = a.num_classes > 0 ? a.num_classes : (a.mode == "train" ? 10 : 1000);
@@ -126,6 +131,7 @@ int run_bench(const BenchArgs& a) {
     } else {
       j["isa"] = isa_name(active_isa());
       j["winograd"] = winograd_mode() == WinogradMode::Off ? "off" : winograd_mode() == WinogradMode::On ? "on" : "auto";
+      j["winograd_filters"] = winograd_filters_mode() == WinogradFilters::Streamed ? "streamed" : "stored";
       j["prepack"] = gemm_prepack_enabled() ? "on" : "off";
     }
     j["iters"] = a.iters;

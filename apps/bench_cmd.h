@@ -18,6 +18,7 @@ struct BenchArgs {
   int64_t num_classes = 0;  // 0: 1000 (forward, importance) or 10 (train)
   bool json = false;
   std::string winograd;  // "": ISPLIT_WINOGRAD or auto; else 0/off, 1/on, auto
+  std::string winograd_filters;  // "": ISPLIT_WINOGRAD_FILTERS or stored; else stored, streamed
   std::string prepack;   // "": ISPLIT_PREPACK or on; else on/off
   std::string backend = "native";  // native | onednn (forward only)
 };

@@ -152,6 +152,7 @@ struct PrepackedJob {
 };
 struct PrepackKernels {
   int64_t mr, nr, vl;        // micro-tile rows and columns, vector lanes
+  int64_t kc;                // the k blocks' largest depth (K is cut into ceil(K / kc) near-equal blocks)
   bool lanes_m_ok;           // the kernels can write C transposed (lanes along M)
   // Floats of the layout for op(A) [m x k].
   int64_t (*floats)(bool lanes_m, int64_t m, int64_t k);

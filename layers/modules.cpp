@@ -174,10 +174,15 @@ const WinogradFilter* Conv2d::FastForms::winograd_filter(const Conv2dSpec& s, bo
   if (!winograd_applies(s)) return nullptr;
   std::lock_guard<std::mutex> lock(mutex);
   auto& slot = winograd[transposed ? 1 : 0];
-  if (!slot || slot->isa != active_isa()) {  // packed for the kernels of one ISA
+  const WinogradFilters form = winograd_filters_mode();
+  // Filters are made for the kernels of one ISA, and remade when the form asked for changes
+  // (where the ISA can stream them at all).
+  const bool other_form = slot && slot->streamed() != (form == WinogradFilters::Streamed) &&
+                          prepack_kernels(active_isa()) != nullptr;
+  if (!slot || slot->isa != active_isa() || other_form) {
     const Tensor& w = plain_locked();
-    slot = std::make_shared<const WinogradFilter>(transposed ? isplit::winograd_filter_transposed(w)
-                                                             : isplit::winograd_filter(w));
+    slot = std::make_shared<const WinogradFilter>(
+        transposed ? isplit::winograd_filter_transposed(w, form) : isplit::winograd_filter(w, form));
   }
   return slot.get();
 }
@@ -201,7 +206,11 @@ void Conv2d::FastForms::settle() {
   std::lock_guard<std::mutex> lock(mutex);
   if (released.load(std::memory_order_relaxed) || keep_plain.load(std::memory_order_relaxed))
     return;
-  if (!gemm[0] && !gemm[1]) return;
+  // Some form must be able to give the weights back: GEMM weights, or Winograd filters in
+  // the streamed form (stored ones compute without the weights but cannot restore them).
+  const bool streamed = (winograd[0] && winograd[0]->streamed()) ||
+                        (winograd[1] && winograd[1]->streamed());
+  if (!gemm[0] && !gemm[1] && !streamed) return;
   for (auto& g : gemm)
     if (g && !g->release_source()) {
       keep_plain.store(true);  // this ISA or size cannot unpack: the plain weights stay
@@ -214,9 +223,16 @@ void Conv2d::FastForms::settle() {
 
 const Tensor& Conv2d::FastForms::plain_locked() {
   if (!released.load(std::memory_order_relaxed)) return weight;
-  const PackedMatrix* from = gemm[0] ? gemm[0].get() : gemm[1].get();
-  Tensor w = Tensor::empty(weight.shape());
-  from->unpack(w.data());  // W [cout, k], or as W^T's source: the same storage
+  Tensor w;
+  if (gemm[0] || gemm[1]) {
+    const PackedMatrix* from = gemm[0] ? gemm[0].get() : gemm[1].get();
+    w = Tensor::empty(weight.shape());
+    from->unpack(w.data());  // W [cout, k], or as W^T's source: the same storage
+  } else {
+    // Released with streamed Winograd filters as the only copy (settle).
+    w = winograd_filter_weights(winograd[0] && winograd[0]->streamed() ? *winograd[0]
+                                                                        : *winograd[1]);
+  }
   weight = w;
   if (mirror) *mirror = w;  // shares the storage
   released.store(false, std::memory_order_release);
@@ -281,6 +297,7 @@ Tensor Conv2d::forward_with(FastForms& f, const Tensor& x, bool relu, const Tens
     if (const WinogradFilter* wf = f.winograd_filter(spec_, false)) {
       Tensor y = conv2d_forward_winograd(x, *wf, b, spec_, relu && !residual);
       if (residual) finish_conv_inplace(y, residual, relu);
+      f.settle();
       return y;
     }
   if (const PackedMatrix* pw = f.gemm_weights(spec_, false)) {
@@ -295,8 +312,11 @@ Tensor Conv2d::forward_with(FastForms& f, const Tensor& x, bool relu, const Tens
 
 void Conv2d::backward_data_with(FastForms& f, const Tensor& gy, Tensor& gx, bool add) const {
   if (winograd_backward_pays(gy.shape(), spec_))
-    if (const WinogradFilter* wt = f.winograd_filter(spec_, true))
-      return conv2d_backward_data_winograd(gy, *wt, spec_, gx, add);
+    if (const WinogradFilter* wt = f.winograd_filter(spec_, true)) {
+      conv2d_backward_data_winograd(gy, *wt, spec_, gx, add);
+      f.settle();
+      return;
+    }
   if (const PackedMatrix* pt = f.gemm_weights(spec_, true)) {
     conv2d_backward_data_packed(gy, *pt, spec_, gx, add);
     f.settle();

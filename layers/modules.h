@@ -83,8 +83,9 @@ class Conv2d : public Module {
   // (layers/winograd.h) on filters transformed on first use and kept, and so may its
   // backward's data gradient (the importance pass), and the other forwards use weights
   // packed once for the GEMM kernels. The packed GEMM weights then replace the plain ones
-  // (released after the first call that packed them; Winograd filters add 4x the weights
-  // of the layers they serve): whatever needs the plain weights (a weight gradient, a
+  // (released after the first call that packed them; stored Winograd filters add 4x the
+  // weights of the layers they serve, streamed ones replace the plain weights like the
+  // packed GEMM weights do): whatever needs the plain weights (a weight gradient, a
   // BatchNorm fold, unpack_weights, on = false, training mode) unpacks them bit for bit. A
   // change of weights through fold_scale_shift re-packs them.
   void pack_for_inference(bool on) override;
@@ -114,9 +115,10 @@ class Conv2d : public Module {
  private:
   // One set of weights (and bias) in the forms the fast paths use, each made on first use
   // (thread-safe): Winograd filters for the forward and, transposed, the data gradient,
-  // and GEMM weights packed as W or W^T. Once the GEMM forms made so far can stand alone
-  // (settle), they hold the only copy: the plain weights are released and unpacked again,
-  // bit for bit, when a new form or a caller needs them.
+  // and GEMM weights packed as W or W^T. Once the forms made so far can stand alone
+  // (settle: GEMM forms, and Winograd filters in the streamed form), they hold the only
+  // copy: the plain weights are released and unpacked again, bit for bit, when a new form
+  // or a caller needs them.
   struct FastForms {
     Tensor weight, bias;  // bias undefined: none; weight: shape only while released
     Tensor* mirror = nullptr;  // the layer's own weight.value (own forms): released with weight
@@ -132,8 +134,9 @@ class Conv2d : public Module {
     // The packed GEMM weights (transposed: W^T), or null for grouped layers or when
     // prepacking is off.
     const PackedMatrix* gemm_weights(const Conv2dSpec& s, bool transposed);
-    // Releases the plain weights when every GEMM form made so far can do without them
-    // (cheap once released or when they must stay: call it after every GEMM use).
+    // Releases the plain weights when every GEMM form made so far can do without them and
+    // some form (GEMM, or streamed Winograd filters) can give them back (cheap once
+    // released or when they must stay: call it after every GEMM or Winograd use).
     void settle();
     // The plain weights (unpacked into weight, and mirror, when released); mutex held.
     const Tensor& plain_locked();

@@ -28,6 +28,17 @@ std::atomic<int>& mode_slot() {
   return slot;
 }
 
+WinogradFilters filters_from_env() {
+  const char* env = std::getenv("ISPLIT_WINOGRAD_FILTERS");
+  if (!env || !*env) return WinogradFilters::Stored;
+  return parse_winograd_filters(env, "ISPLIT_WINOGRAD_FILTERS");
+}
+
+std::atomic<int>& filters_slot() {
+  static std::atomic<int> slot{static_cast<int>(filters_from_env())};
+  return slot;
+}
+
 // Where tile t of the current call sits.
 struct TileGeometry {
   int64_t per_image, tiles_w;
@@ -196,6 +207,20 @@ WinogradMode parse_winograd_mode(const std::string& text, const std::string& wha
   throw Error(what + ": '" + text + "' is not one of 0/off, 1/on, auto");
 }
 
+WinogradFilters winograd_filters_mode() {
+  return static_cast<WinogradFilters>(filters_slot().load());
+}
+
+void set_winograd_filters_mode(WinogradFilters form) {
+  filters_slot().store(static_cast<int>(form));
+}
+
+WinogradFilters parse_winograd_filters(const std::string& text, const std::string& what) {
+  if (text == "stored") return WinogradFilters::Stored;
+  if (text == "streamed") return WinogradFilters::Streamed;
+  throw Error(what + ": '" + text + "' is not one of stored, streamed");
+}
+
 bool winograd_applies(const Conv2dSpec& s) {
   return s.kh == 3 && s.kw == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 &&
          s.dil_w == 1 && s.groups == 1;
@@ -212,9 +237,55 @@ bool winograd_pays(const Shape& x, const Conv2dSpec& s) {
   return s.in_channels >= 16 && s.out_channels >= 16 && tiles >= 16;
 }
 
-WinogradFilter winograd_filter(const Tensor& w) {
-  if (w.ndim() != 4 || w.dim(2) != 3 || w.dim(3) != 3)
-    throw Error("winograd: expected a [Cout, Cin, 3, 3] filter, got " + shape_str(w.shape()));
+namespace {
+// The k blocks of the GEMM kernels over k (depth at most kc): block kb is [start(kb), start(kb + 1)).
+struct KBlocks {
+  int64_t k, count;
+  int64_t start(int64_t kb) const { return k * kb / count; }
+};
+KBlocks k_blocks(int64_t k, int64_t kc) { return {k, (k + kc - 1) / kc}; }
+
+// Floats after each tap's values in a streamed filter's chunk, and after each position in
+// a transformed block: the 9 taps read and the 6 positions written side by side would
+// otherwise sit a multiple of 4 KiB apart and fight for one L1 set.
+constexpr int64_t kTapPad = 16;
+
+// Where a streamed filter's chunk for k block b (start p0, depth) and panel r starts:
+// 9 taps of mr * depth values, each followed by kTapPad floats, chunk after chunk.
+struct TapLayout {
+  int64_t panels, mr;
+  int64_t chunk(int64_t b, int64_t p0, int64_t depth, int64_t r) const {
+    return 9 * (p0 * panels * mr + (b * panels + r) * kTapPad) + r * 9 * mr * depth;
+  }
+  int64_t tap_stride(int64_t depth) const { return mr * depth + kTapPad; }
+  int64_t floats(int64_t cin, int64_t kblocks) const {
+    return 9 * (cin * panels * mr + kblocks * panels * kTapPad);
+  }
+};
+
+// Calls fn(tap_index, weight_index) for every element of a streamed filter's taps that
+// holds a weight: the two sides of the layout (padding rows are skipped).
+template <class Fn>
+void for_each_tap(int64_t cout, int64_t cin, int64_t mr, int64_t kc, Fn fn) {
+  const TapLayout lay{(cout + mr - 1) / mr, mr};
+  const KBlocks kb = k_blocks(cin, kc);
+  parallel_for(lay.panels, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = 0; b < kb.count; ++b) {
+      const int64_t p0 = kb.start(b), depth = kb.start(b + 1) - p0;
+      for (int64_t r = lo; r < hi; ++r) {
+        const int64_t base = lay.chunk(b, p0, depth, r), ts = lay.tap_stride(depth);
+        const int64_t rows = std::min(mr, cout - r * mr);
+        for (int64_t t = 0; t < 9; ++t)
+          for (int64_t p = 0; p < depth; ++p)
+            for (int64_t i = 0; i < rows; ++i)
+              fn(base + t * ts + p * mr + i, ((r * mr + i) * cin + p0 + p) * 9 + t);
+      }
+    }
+  });
+}
+
+// Filters in the stored form: U transformed in double and packed per position.
+WinogradFilter stored_filter(const Tensor& w) {
   WinogradFilter f;
   f.out_channels = w.dim(0);
   f.in_channels = w.dim(1);
@@ -251,7 +322,112 @@ WinogradFilter winograd_filter(const Tensor& w) {
   return f;
 }
 
+
+// Filters in the streamed form for kernels with panels of mr rows and k blocks up to kc.
+WinogradFilter streamed_filter(const Tensor& w, int64_t mr, int64_t kc) {
+  WinogradFilter f;
+  f.out_channels = w.dim(0);
+  f.in_channels = w.dim(1);
+  f.isa = active_isa();
+  f.mr = mr;
+  f.kc = kc;
+  const TapLayout lay{(f.out_channels + mr - 1) / mr, mr};
+  f.taps = Tensor::zeros({lay.floats(f.in_channels, k_blocks(f.in_channels, kc).count)});
+  const float* src = w.data();
+  float* dst = f.taps.data();
+  for_each_tap(f.out_channels, f.in_channels, mr, kc,
+               [&](int64_t ti, int64_t wi) { dst[ti] = src[wi]; });
+  return f;
+}
+}  // namespace
+
+int64_t WinogradFilter::bytes() const {
+  int64_t total = streamed() ? taps.numel() * static_cast<int64_t>(sizeof(float)) : 0;
+  for (const auto& p : positions) total += p ? p->packed_bytes() : 0;
+  return total;
+}
+
+WinogradFilter winograd_filter(const Tensor& w, WinogradFilters form) {
+  if (w.ndim() != 4 || w.dim(2) != 3 || w.dim(3) != 3)
+    throw Error("winograd: expected a [Cout, Cin, 3, 3] filter, got " + shape_str(w.shape()));
+  const PrepackKernels* pk =
+      form == WinogradFilters::Streamed ? prepack_kernels(active_isa()) : nullptr;
+  if (pk)
+    return streamed_filter(w, pk->mr, pk->kc);
+  return stored_filter(w);
+}
+
+Tensor winograd_filter_weights(const WinogradFilter& f) {
+  if (!f.streamed()) throw Error("winograd: only streamed filters hold their weights");
+  Tensor g = Tensor::empty({f.out_channels, f.in_channels, 3, 3});
+  const float* src = f.taps.data();
+  float* dst = g.data();
+  for_each_tap(f.out_channels, f.in_channels, f.mr, f.kc,
+               [&](int64_t ti, int64_t wi) { dst[wi] = src[ti]; });
+  if (!f.transposed) return g;
+  // g is the rotated, transposed filter of winograd_filter_transposed: turn it back.
+  Tensor w = Tensor::empty({f.in_channels, f.out_channels, 3, 3});
+  for (int64_t i = 0; i < f.out_channels; ++i)
+    for (int64_t o = 0; o < f.in_channels; ++o)
+      for (int64_t k = 0; k < 9; ++k) w[(o * f.out_channels + i) * 9 + k] = g[(i * f.in_channels + o) * 9 + (8 - k)];
+  return w;
+}
+
 namespace {
+// Bytes of transformed filters one thread makes at a time (six positions of a few
+// panels): they stay in L2 beside the transformed inputs the GEMMs read.
+constexpr int64_t kFilterChunkBytes = 192 << 10;
+
+// products[xi] = U[xi] V[xi] for the 36 positions, with U made from f's taps as it goes:
+// the output channels are cut into blocks of a few panels, and per block each row of six
+// positions is transformed (filter_row) and multiplied while it is in L2. Each product
+// element gets the FMAs, in the order, of a GEMM with the whole U (the k blocks are the
+// same), so the cut never changes a bit.
+void streamed_products(const WinogradFilter& f, const WinogradKernels& kern,
+                       const PrepackKernels& pk, int64_t count, const float* vd, int64_t stride,
+                       float* md) {
+  const int64_t cout = f.out_channels, cin = f.in_channels, mr = f.mr;
+  const TapLayout lay{(cout + mr - 1) / mr, mr};
+  const int64_t panels = lay.panels;
+  const KBlocks kb = k_blocks(cin, f.kc);
+  const int64_t row_floats = 6 * (mr * cin + kTapPad);  // one panel's six positions
+  const int64_t per_block = std::max<int64_t>(
+      1, kFilterChunkBytes / (row_floats * static_cast<int64_t>(sizeof(float))));
+  // At least one block per thread, and a whole number of blocks per thread when possible.
+  const int64_t threads = num_threads();
+  int64_t blocks = (panels + per_block - 1) / per_block;
+  blocks = std::min(panels, (blocks + threads - 1) / threads * threads);
+  const int64_t cap = (panels + blocks - 1) / blocks;
+  const float* taps = f.taps.data();
+  parallel_for(blocks, [&](int64_t lo, int64_t hi) {
+    Tensor ubuf = Tensor::empty({cap * row_floats});
+    float* u = ubuf.data();
+    for (int64_t blk = lo; blk < hi; ++blk) {
+      const int64_t q0 = panels * blk / blocks, q1 = panels * (blk + 1) / blocks;
+      const int64_t np = q1 - q0, rows = std::min(q1 * mr, cout) - q0 * mr;
+      const int64_t one = np * mr * cin + kTapPad;  // floats of one position's panels, padded
+      for (int ri = 0; ri < 6; ++ri) {
+        for (int64_t b = 0; b < kb.count; ++b) {
+          const int64_t p0 = kb.start(b), depth = kb.start(b + 1) - p0;
+          for (int64_t r = q0; r < q1; ++r) {
+            float* outs[6];
+            for (int64_t j = 0; j < 6; ++j) outs[j] = u + j * one + p0 * np * mr + (r - q0) * mr * depth;
+            kern.filter_row(taps + lay.chunk(b, p0, depth, r), lay.tap_stride(depth), mr * depth,
+                            ri, outs);
+          }
+        }
+        for (int64_t j = 0; j < 6; ++j) {
+          const int64_t xi = ri * 6 + j;
+          PrepackedJob job{false, u + j * one, rows, cin, 0, rows, 0, count, false,
+                           vd + xi * cin * stride, stride, 0.0f, md + (xi * cout + q0 * mr) * stride,
+                           stride, GemmEpilogue{}};
+          pk.run(job);
+        }
+      }
+    }
+  });
+}
+
 // The Winograd convolution of x (channels s.in_channels) with f into y (shape os, already
 // allocated), written or added (accumulate), plus bias and ReLU when writing.
 void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, const Conv2dSpec& s,
@@ -266,7 +442,7 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
   Tensor vbuf = Tensor::empty({kPositions * cin * stride});
   Tensor mbuf = Tensor::empty({kPositions * cout * stride});
   const Isa isa = active_isa();
-  if (f.isa != isa || f.positions.size() != static_cast<size_t>(kPositions))
+  if (f.isa != isa || (!f.streamed() && f.positions.size() != static_cast<size_t>(kPositions)))
     throw Error("winograd: filters were packed for " + isa_name(f.isa) +
                 " kernels but the active ISA is " + isa_name(isa) + "; transform them again");
   const WinogradKernels& kern = winograd_kernels(isa);
@@ -287,13 +463,16 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
         kern.input16(patch, vd + c * stride + g * L, cin * stride);
       }
     });
-    // One GEMM per transform position: products[xi] = U[xi] (Cout x Cin) * V[xi] (Cin x tiles).
-    parallel_for(kPositions, [&](int64_t lo, int64_t hi) {
-      for (int64_t xi = lo; xi < hi; ++xi)
-        gemm_prepacked_single(*f.positions[static_cast<size_t>(xi)], false, count,
-                              vd + xi * cin * stride, stride, 0.0f, md + xi * cout * stride,
-                              stride);
-    });
+    if (f.streamed())
+      streamed_products(f, kern, *prepack_kernels(isa), count, vd, stride, md);
+    else
+      // One GEMM per transform position: products[xi] = U[xi] (Cout x Cin) * V[xi] (Cin x tiles).
+      parallel_for(kPositions, [&](int64_t lo, int64_t hi) {
+        for (int64_t xi = lo; xi < hi; ++xi)
+          gemm_prepacked_single(*f.positions[static_cast<size_t>(xi)], false, count,
+                                vd + xi * cin * stride, stride, 0.0f, md + xi * cout * stride,
+                                stride);
+      });
     parallel_for(cout * groups, [&](int64_t lo, int64_t hi) {
       alignas(64) float out[16 * L];
       alignas(64) float tile_rows[16 * L];
@@ -355,7 +534,7 @@ bool winograd_backward_pays(const Shape& gy, const Conv2dSpec& s) {
   return winograd_backward_applies(s) && winograd_pays(gy, transposed_spec(s));
 }
 
-WinogradFilter winograd_filter_transposed(const Tensor& w) {
+WinogradFilter winograd_filter_transposed(const Tensor& w, WinogradFilters form) {
   if (w.ndim() != 4 || w.dim(2) != 3 || w.dim(3) != 3)
     throw Error("winograd: expected a [Cout, Cin, 3, 3] filter, got " + shape_str(w.shape()));
   const int64_t cout = w.dim(0), cin = w.dim(1);
@@ -363,7 +542,9 @@ WinogradFilter winograd_filter_transposed(const Tensor& w) {
   for (int64_t o = 0; o < cout; ++o)
     for (int64_t i = 0; i < cin; ++i)
       for (int64_t k = 0; k < 9; ++k) t[(i * cout + o) * 9 + (8 - k)] = w[(o * cin + i) * 9 + k];
-  return winograd_filter(t);
+  WinogradFilter f = winograd_filter(t, form);
+  f.transposed = true;
+  return f;
 }
 
 void conv2d_backward_data_winograd(const Tensor& gy, const WinogradFilter& ft, const Conv2dSpec& s,

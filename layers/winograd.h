@@ -16,14 +16,46 @@
 
 namespace isplit {
 
-// Filters of a 3x3 convolution in the Winograd domain: at each of the 36 positions the
-// matrix U = (G g G^T) [out_channels, in_channels], packed once for the GEMM kernels of
-// the ISA active when it was made (only that ISA can use it).
+// Filters of a 3x3 convolution for the Winograd domain, for the kernels of the ISA active
+// when they were made (only that ISA can use them). Two forms:
+// - streamed (ISAs with packed GEMM kernels, WinogradFilters::Streamed): the 3x3 taps laid out in the GEMM kernels'
+//   panel order, transformed to U = G g G^T a few panels at a time inside each
+//   convolution, while they sit in L2. They take the weights' own memory (the padding of
+//   the last panel aside), and whole layers read a quarter of the bytes U would take.
+// - stored (the scalar kernels): U [out_channels, in_channels] at each of the 36
+//   positions, transformed once in double and packed (4x the weights' memory).
 struct WinogradFilter {
   int64_t out_channels = 0, in_channels = 0;
   Isa isa = Isa::Scalar;
+  bool transposed = false;  // made by winograd_filter_transposed
+  // Stored form: one packed U per position.
   std::vector<std::shared_ptr<const PackedMatrix>> positions;
+  // Streamed form: for each k block of the GEMM kernels (start p0, depth kc, of
+  // in_channels) and each panel r of mr output channels (the last zero padded), a chunk
+  // of the 9 taps, each mr * kc values [p * mr + i] = g[r * mr + i][p0 + p][tap] and a
+  // few floats of padding (layers/winograd.cpp, TapLayout).
+  Tensor taps;
+  int64_t mr = 0, kc = 0;  // the kernels' panel rows and largest k block
+  // True for the streamed form.
+  bool streamed() const { return taps.defined(); }
+  // Bytes the filters hold.
+  int64_t bytes() const;
 };
+
+// Which form new Winograd filters take (ISPLIT_WINOGRAD_FILTERS=stored / streamed sets the
+// default): stored is faster, streamed holds a quarter of the memory. Where the active ISA
+// has no packed GEMM kernels filters are stored whatever the mode.
+enum class WinogradFilters { Stored, Streamed };
+// The current form (default: the ISPLIT_WINOGRAD_FILTERS variable, else Stored).
+WinogradFilters winograd_filters_mode();
+// Overrides the form for filters made from now on (tests, benchmarks, --winograd-filters).
+void set_winograd_filters_mode(WinogradFilters form);
+// Parses "stored" or "streamed"; throws Error naming `what` otherwise.
+WinogradFilters parse_winograd_filters(const std::string& text, const std::string& what);
+
+// The [Cout, Cin, 3, 3] weights a streamed filter was made from, bit for bit (for one made
+// by winograd_filter_transposed(w): w itself); throws for a stored filter.
+Tensor winograd_filter_weights(const WinogradFilter& f);
 
 // When conv2d layers use Winograd (ISPLIT_WINOGRAD=0 / 1 / auto sets the default).
 enum class WinogradMode { Off, On, Auto };
@@ -40,9 +72,9 @@ bool winograd_applies(const Conv2dSpec& s);
 // (Auto: enough channels, and enough tiles per image that the 36 GEMMs outrun the direct
 // one; never decided by the batch size, so a batch's images get the bits they get alone).
 bool winograd_pays(const Shape& x, const Conv2dSpec& s);
-// Transforms w [Cout, Cin, 3, 3] to the Winograd domain (in double, rounded once) and
-// packs it for the active ISA.
-WinogradFilter winograd_filter(const Tensor& w);
+// The Winograd filters of w [Cout, Cin, 3, 3] for the active ISA, in the given form (see
+// WinogradFilter; stored where the ISA has no packed GEMM kernels).
+WinogradFilter winograd_filter(const Tensor& w, WinogradFilters form = winograd_filters_mode());
 // y = conv(x, w) + b, then max(y, 0) when relu, with f = winograd_filter(w); s must
 // satisfy winograd_applies. Deterministic: the thread count never changes a result.
 Tensor conv2d_forward_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b,
@@ -55,7 +87,8 @@ bool winograd_backward_applies(const Conv2dSpec& s);
 // Whether that pays for an output gradient of shape gy under the current mode.
 bool winograd_backward_pays(const Shape& gy, const Conv2dSpec& s);
 // The Winograd filters of that convolution, from w [Cout, Cin, 3, 3].
-WinogradFilter winograd_filter_transposed(const Tensor& w);
+WinogradFilter winograd_filter_transposed(const Tensor& w,
+                                          WinogradFilters form = winograd_filters_mode());
 // gx += dL/dx for dL/dy = gy, with ft = winograd_filter_transposed(w) (accumulate =
 // false: gx = dL/dx).
 void conv2d_backward_data_winograd(const Tensor& gy, const WinogradFilter& ft, const Conv2dSpec& s,

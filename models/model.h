@@ -96,7 +96,8 @@ class Model {
   bool folded() const { return folded_; }
   // Prepares the fast inference paths (on = false undoes it), each made on first use:
   // convolutions that Winograd computes keep transformed filters (only layers whose input
-  // shape makes Winograd pay, see winograd_pays; up to 4x their weights' memory), the
+  // shape makes Winograd pay, see winograd_pays; up to 4x their weights' memory, or, with
+  // WinogradFilters::Streamed, their taps reordered in place of the plain weights), the
   // others their weights packed for the GEMM kernels, which then replace the plain weights
   // (unpacked bit for bit when named_parameters(), save() or training needs them;
   // ISPLIT_PREPACK=0 turns packing off), and a forward that wants no gradient of the

@@ -31,10 +31,12 @@ namespace {
 struct Restore {
   Isa isa = active_isa();
   WinogradMode mode = winograd_mode();
+  WinogradFilters filters = winograd_filters_mode();
   bool prepack = gemm_prepack_enabled();
   ~Restore() {
     set_active_isa(isa);
     set_winograd_mode(mode);
+    set_winograd_filters_mode(filters);
     set_gemm_prepack(prepack);
   }
 };
@@ -115,10 +117,11 @@ TEST_SUITE("packed_weights") {
     Conv2d twin(64, 64, 3, 1, 1, false);
     twin.weight.value.copy_from(w0);
     twin.pack_for_inference(true);
-    twin.unpack_weights();
     const Tensor twin_small = twin.infer(small, false);
     const Tensor twin_large = twin.infer(large, false);
+    twin.unpack_weights();
     REQUIRE(twin.weight.value.defined());
+    REQUIRE(same_bits(twin.weight.value, w0));
 
     conv.pack_for_inference(true);
     CHECK(same_bits(conv.infer(small, false), twin_small));
@@ -148,6 +151,65 @@ TEST_SUITE("packed_weights") {
     const Tensor g_conv = weight_grad(conv);
     const Tensor g_twin = weight_grad(twin);
     CHECK(same_bits(g_conv, g_twin));
+  }
+
+  TEST_CASE("streamed Winograd filters stand in for the plain weights") {
+    Restore restore;
+    set_winograd_mode(WinogradMode::Auto);
+    set_winograd_filters_mode(WinogradFilters::Streamed);
+    Conv2d conv(64, 48, 3, 1, 1, true);
+    randomise(conv, 23);
+    const Tensor w0 = conv.weight.value.clone();
+    std::mt19937 rng(6);
+    const Tensor small = uniform_tensor(rng, {1, 64, 4, 4});
+    const Tensor large = uniform_tensor(rng, {1, 64, 24, 20});
+    REQUIRE(winograd_pays(large.shape(), conv.spec()));
+    REQUIRE(!winograd_pays(small.shape(), conv.spec()));
+    Conv2d twin(64, 48, 3, 1, 1, true);  // the same layer, never released
+    twin.weight.value.copy_from(w0);
+    twin.bias.value.copy_from(conv.bias.value);
+    twin.pack_for_inference(true);
+    twin.unpack_weights();
+    const Tensor twin_large = twin.infer(large, true);
+    const Tensor twin_small = twin.infer(small, true);
+    auto data_grad = [&](Conv2d& c, const Tensor& x) {
+      Tape tape = Tape::activations_only();
+      Var in = tape.input(x, true);
+      const Var y = c.forward(&tape, in);
+      tape.backward(y, Tensor::full(y.value.shape(), 0.25f));
+      return tape.grad(in).clone();
+    };
+    const Tensor twin_grad = data_grad(twin, large);
+
+    conv.pack_for_inference(true);
+    // Winograd only: the streamed filters are the one copy of the weights.
+    CHECK(same_bits(conv.infer(large, true), twin_large));
+    CHECK(conv.weight.value.defined() == !can_release());
+    CHECK(same_bits(data_grad(conv, large), twin_grad));  // transposed filters, from the taps
+    CHECK(conv.weight.value.defined() == !can_release());
+    // A GEMM form made from weights given back by the taps, then both stand alone.
+    CHECK(same_bits(conv.infer(small, true), twin_small));
+    CHECK(conv.weight.value.defined() == !can_release());
+    CHECK(same_bits(conv.infer(large, true), twin_large));
+    conv.unpack_weights();
+    CHECK(same_bits(conv.weight.value, w0));
+    // Asking for stored filters remakes them from the plain weights, which then stay.
+    set_winograd_filters_mode(WinogradFilters::Stored);
+    Conv2d again(64, 48, 3, 1, 1, true);
+    again.weight.value.copy_from(w0);
+    again.bias.value.copy_from(conv.bias.value);
+    again.pack_for_inference(true);
+    const Tensor stored_large = again.infer(large, true);
+    CHECK(again.weight.value.defined());
+    // Two roundings of one transform: within twice the Winograd bound of tests/test_winograd.cpp
+    // (4e-6 of the largest sum the layer could form).
+    double mx = 0.0, mw = 0.0, worst = 0.0;
+    for (int64_t i = 0; i < large.numel(); ++i) mx = std::max(mx, double(std::fabs(large[i])));
+    for (int64_t i = 0; i < w0.numel(); ++i) mw = std::max(mw, double(std::fabs(w0[i])));
+    for (int64_t i = 0; i < stored_large.numel(); ++i)
+      worst = std::max(worst, double(std::fabs(stored_large[i] - twin_large[i])));
+    if (can_release()) CHECK(worst > 0.0);  // the two forms do round differently
+    CHECK(worst <= 8e-6 * 64 * 9 * mx * mw);
   }
 
   TEST_CASE("a BatchNorm folded into a released convolution uses its exact weights") {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/cpu.h"
+#include "engine/gemm_prepacked.h"
 #include "engine/kernels/winograd.h"
 #include "engine/parallel.h"
 #include "layers/winograd.h"
@@ -282,5 +283,138 @@ TEST_SUITE("winograd") {
     CHECK(winograd_pays({1, 512, 7, 7}, spec3x3(512, 512, 1)));
     CHECK_FALSE(winograd_pays({1, 8, 8, 8}, strided));
     set_winograd_mode(saved);
+  }
+
+  TEST_CASE("streamed filters give their weights back bit for bit and hold no more than them") {
+    std::mt19937_64 rng(31);
+    const Isa saved = active_isa();
+    // Channel counts off the panel heights, one and two k blocks (the kernels' KC is 256).
+    const int64_t shapes[][2] = {{13, 7}, {5, 1}, {30, 300}, {64, 64}, {256, 256}};
+    for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+      if (!isa_supported(isa)) continue;
+      set_active_isa(isa);
+      for (const auto& sh : shapes) {
+        const Tensor w = randn({sh[0], sh[1], 3, 3}, rng);
+        const WinogradFilter f = winograd_filter(w, WinogradFilters::Streamed);
+        const WinogradFilter ft = winograd_filter_transposed(w, WinogradFilters::Streamed);
+        const WinogradFilter stored = winograd_filter(w, WinogradFilters::Stored);
+        CHECK_FALSE(stored.streamed());
+        CHECK_THROWS_AS(winograd_filter_weights(stored), Error);
+        if (!prepack_kernels(isa)) {  // no panels to stream into: stored whatever is asked
+          CHECK_FALSE(f.streamed());
+          continue;
+        }
+        REQUIRE(f.streamed());
+        REQUIRE(ft.streamed());
+        CHECK(same_bits(winograd_filter_weights(f), w));
+        CHECK(same_bits(winograd_filter_weights(ft), w));
+        const double weight_bytes = 4.0 * static_cast<double>(w.numel());
+        if (sh[0] >= 64) {
+          CHECK_MESSAGE(f.bytes() <= 1.15 * weight_bytes, isa_name(isa) << " " << sh[0]);
+          CHECK(stored.bytes() >= 3.9 * weight_bytes);
+        }
+      }
+    }
+    set_active_isa(saved);
+  }
+
+  TEST_CASE("streamed filters: forward and data gradient within the bound on every ISA") {
+    std::mt19937_64 rng(37);
+    const Isa saved = active_isa();
+    struct Case {
+      int64_t n, cin, cout, h, w, pad;
+    };
+    // Partial panels and tiles, two k blocks (cin or cout 300), batches.
+    const Case cases[] = {{1, 7, 13, 9, 11, 1},  {2, 16, 30, 14, 6, 0}, {1, 300, 20, 6, 7, 1},
+                          {1, 24, 300, 8, 8, 2}, {3, 33, 17, 5, 13, 1}, {1, 64, 64, 18, 18, 1}};
+    for (Isa isa : {Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+      if (!isa_supported(isa) || !prepack_kernels(isa)) continue;
+      set_active_isa(isa);
+      for (const Case& c : cases) {
+        const Conv2dSpec s = spec3x3(c.cin, c.cout, c.pad);
+        const Tensor x = randn({c.n, c.cin, c.h, c.w}, rng), wt = randn({c.cout, c.cin, 3, 3}, rng, 0.2);
+        const Tensor b = randn({c.cout}, rng);
+        const WinogradFilter f = winograd_filter(wt, WinogradFilters::Streamed);
+        REQUIRE(f.streamed());
+        const Tensor ref = conv2d_forward_naive(x, wt, &b, s);
+        const Tensor ours = conv2d_forward_winograd(x, f, &b, s);
+        CHECK_MESSAGE(scaled_error(ours, ref, x, wt) <= kScaledTol,
+                      isa_name(isa) << " cin " << c.cin << " cout " << c.cout);
+        // The thread count never changes a bit.
+        const int threads = num_threads();
+        set_num_threads(1);
+        const Tensor one = conv2d_forward_winograd(x, f, &b, s);
+        set_num_threads(threads);
+        CHECK(same_bits(one, ours));
+
+        if (c.pad > 2) continue;
+        const Tensor gy = randn(ref.shape(), rng);
+        Tensor gref = Tensor::zeros(x.shape()), gours = Tensor::zeros(x.shape());
+        conv2d_backward_data(gy, wt, s, gref);
+        conv2d_backward_data_winograd(gy, winograd_filter_transposed(wt, WinogradFilters::Streamed),
+                                      s, gours);
+        double mg = 0.0, mw = 0.0, worst = 0.0;
+        for (int64_t i = 0; i < gy.numel(); ++i) mg = std::max(mg, double(std::fabs(gy[i])));
+        for (int64_t i = 0; i < wt.numel(); ++i) mw = std::max(mw, double(std::fabs(wt[i])));
+        for (int64_t i = 0; i < gref.numel(); ++i)
+          worst = std::max(worst, std::fabs(double(gours[i]) - gref[i]) / (c.cout * 9.0 * mg * mw));
+        CHECK_MESSAGE(worst <= kScaledTol, isa_name(isa) << " data gradient, cin " << c.cin
+                                                         << " cout " << c.cout << ": " << worst);
+      }
+    }
+    set_active_isa(saved);
+  }
+
+  TEST_CASE("the filter transform kernel: its definition, and the same bits on every ISA") {
+    std::mt19937_64 rng(41);
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    for (int64_t len : {int64_t{48}, int64_t{37}, int64_t{5}}) {
+      const int64_t tap_stride = len + 3;
+      std::vector<float> taps(static_cast<size_t>(9 * tap_stride));
+      for (float& v : taps) v = dist(rng);
+      // (G g G^T) in double, G of F(4x4, 3x3).
+      const double G[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                              {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                              {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+      std::vector<float> ref_bits(static_cast<size_t>(36 * len));
+      for (int row = 0; row < 6; ++row) {
+        std::vector<float> out(static_cast<size_t>(6 * len + 1), -7.0f);  // one guard value
+        float* outs[6];
+        for (int j = 0; j < 6; ++j) outs[j] = out.data() + j * len;
+        winograd_kernels(Isa::Scalar).filter_row(taps.data(), tap_stride, len, row, outs);
+        CHECK(out[static_cast<size_t>(6 * len)] == -7.0f);
+        for (int64_t e = 0; e < len; ++e)
+          for (int j = 0; j < 6; ++j) {
+            double u = 0.0;
+            for (int a = 0; a < 3; ++a)
+              for (int c = 0; c < 3; ++c) u += G[row][a] * taps[(a * 3 + c) * tap_stride + e] * G[j][c];
+            CHECK(std::fabs(outs[j][e] - u) <= 1e-6 * (1.0 + std::fabs(u)));
+            ref_bits[static_cast<size_t>((row * 6 + j) * len + e)] = outs[j][e];
+          }
+        for (Isa isa : {Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+          if (!isa_supported(isa)) continue;
+          std::vector<float> o2(static_cast<size_t>(6 * len));
+          float* outs2[6];
+          for (int j = 0; j < 6; ++j) outs2[j] = o2.data() + j * len;
+          winograd_kernels(isa).filter_row(taps.data(), tap_stride, len, row, outs2);
+          CHECK_MESSAGE(std::memcmp(o2.data(), ref_bits.data() + row * 6 * len, o2.size() * 4) == 0,
+                        isa_name(isa) << " row " << row << " len " << len);
+        }
+      }
+    }
+  }
+
+  TEST_CASE("the filter form: parsing and the mode") {
+    CHECK(parse_winograd_filters("stored", "x") == WinogradFilters::Stored);
+    CHECK(parse_winograd_filters("streamed", "x") == WinogradFilters::Streamed);
+    CHECK_THROWS_WITH_AS(parse_winograd_filters("packed", "--winograd-filters"),
+                         doctest::Contains("--winograd-filters"), Error);
+    const WinogradFilters saved = winograd_filters_mode();
+    set_winograd_filters_mode(WinogradFilters::Streamed);
+    const bool can = prepack_kernels(active_isa()) != nullptr;
+    CHECK(winograd_filter(Tensor::zeros({8, 8, 3, 3})).streamed() == can);
+    set_winograd_filters_mode(WinogradFilters::Stored);
+    CHECK_FALSE(winograd_filter(Tensor::zeros({8, 8, 3, 3})).streamed());
+    set_winograd_filters_mode(saved);
   }
 }

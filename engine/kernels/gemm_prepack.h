@@ -214,6 +214,7 @@ PrepackKernels make_prepack_kernels() {
   return PrepackKernels{Kern::MR,
                         Kern::NR,
                         Kern::VL,
+                        Kern::KC,
                         Kern::ALLOW_TRANSPOSED,
                         &prepacked_floats<Kern>,
                         &prepack_matrix<Kern>,

@@ -32,6 +32,11 @@ struct WinogradKernels {
   // rows[i * 64 + 4 * l + j] = out[(i * 4 + j) * 16 + l]: output16's tiles laid back out
   // as four image rows of 64 values.
   void (*interleave16)(const float* out, float* rows);
+  // One row of the filter transform, element by element: taps[t * tap_stride + e] (t = 0..8,
+  // e < len) is tap t (row t / 3, column t % 3) of filter e's 3x3 g; writes
+  // (G g G^T)[row][j] of each filter to out[j][e], j = 0..5. Rounds the same way on every ISA.
+  void (*filter_row)(const float* taps, int64_t tap_stride, int64_t len, int row,
+                     float* const* out);
 };
 
 // The transforms of one ISA (unsupported ones give the scalar table).

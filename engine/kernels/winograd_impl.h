@@ -180,6 +180,81 @@ void output16(const float* m, int64_t stride, float bias, bool relu, float* out)
     for (int64_t i = 0; i < 16 * L; ++i) out[i] = out[i] > 0.0f ? out[i] : 0.0f;
 }
 
+// Row R of G (F(4x4, 3x3)) applied to the 3-vector (x0, x1, x2): the sixths and
+// twenty-fourths are gathered into one multiplication by 1/6 after exact scalings by
+// powers of two, so each value is rounded at most four times.
+template <int R>
+inline float g_row(float x0, float x1, float x2) {
+  if constexpr (R == 0) return 0.25f * x0;
+  if constexpr (R == 1) return -((x0 + x1) + x2) * (1.0f / 6.0f);
+  if constexpr (R == 2) return -((x0 - x1) + x2) * (1.0f / 6.0f);
+  if constexpr (R == 3) return ((0.25f * x0 + 0.5f * x1) + x2) * (1.0f / 6.0f);
+  if constexpr (R == 4) return ((0.25f * x0 - 0.5f * x1) + x2) * (1.0f / 6.0f);
+  return x2;
+}
+
+// Row R of the filter transform for sixteen filters: g[t][l] is tap t of filter l, and
+// o[j][l] gets (G g G^T)[R][j]. Through local blocks (as in apply_bt), so the loops
+// vectorise although outputs and taps might overlap as far as the compiler knows.
+template <int R>
+inline void filter16(const float* const* g, float* const* o) {
+  alignas(64) float x[9][L];
+  alignas(64) float r[6][L];
+  for (int64_t t = 0; t < 9; ++t)
+    for (int64_t l = 0; l < L; ++l) x[t][l] = g[t][l];
+  for (int64_t l = 0; l < L; ++l) {
+    const float t0 = g_row<R>(x[0][l], x[3][l], x[6][l]);
+    const float t1 = g_row<R>(x[1][l], x[4][l], x[7][l]);
+    const float t2 = g_row<R>(x[2][l], x[5][l], x[8][l]);
+    r[0][l] = g_row<0>(t0, t1, t2);
+    r[1][l] = g_row<1>(t0, t1, t2);
+    r[2][l] = g_row<2>(t0, t1, t2);
+    r[3][l] = g_row<3>(t0, t1, t2);
+    r[4][l] = g_row<4>(t0, t1, t2);
+    r[5][l] = g_row<5>(t0, t1, t2);
+  }
+  for (int64_t j = 0; j < 6; ++j)
+    for (int64_t l = 0; l < L; ++l) o[j][l] = r[j][l];
+}
+
+// filter_row for one row R: whole blocks of sixteen in place, a short last one through
+// zero-padded copies.
+template <int R>
+void filter_row_of(const float* taps, int64_t tap_stride, int64_t len, float* const* out) {
+  const float* g[9];
+  float* o[6];
+  int64_t e = 0;
+  for (; e + L <= len; e += L) {
+    for (int64_t t = 0; t < 9; ++t) g[t] = taps + t * tap_stride + e;
+    for (int64_t j = 0; j < 6; ++j) o[j] = out[j] + e;
+    filter16<R>(g, o);
+  }
+  if (e == len) return;
+  const int64_t n = len - e;
+  alignas(64) float gin[9][L] = {};
+  alignas(64) float gout[6][L];
+  for (int64_t t = 0; t < 9; ++t) {
+    for (int64_t l = 0; l < n; ++l) gin[t][l] = taps[t * tap_stride + e + l];
+    g[t] = gin[t];
+  }
+  for (int64_t j = 0; j < 6; ++j) o[j] = gout[j];
+  filter16<R>(g, o);
+  for (int64_t j = 0; j < 6; ++j)
+    for (int64_t l = 0; l < n; ++l) out[j][e + l] = gout[j][l];
+}
+
+// WinogradKernels::filter_row.
+void filter_row(const float* taps, int64_t tap_stride, int64_t len, int row, float* const* out) {
+  switch (row) {
+    case 0: return filter_row_of<0>(taps, tap_stride, len, out);
+    case 1: return filter_row_of<1>(taps, tap_stride, len, out);
+    case 2: return filter_row_of<2>(taps, tap_stride, len, out);
+    case 3: return filter_row_of<3>(taps, tap_stride, len, out);
+    case 4: return filter_row_of<4>(taps, tap_stride, len, out);
+    default: return filter_row_of<5>(taps, tap_stride, len, out);
+  }
+}
+
 }  // namespace winograd_impl
 }  // namespace
 }  // namespace isplit

@@ -4,6 +4,7 @@
 namespace isplit {
 
 const WinogradKernels kWinogradAvx512 = {winograd_impl::input16, winograd_impl::output16,
-                                         winograd_impl::gather16, winograd_impl::interleave16};
+                                         winograd_impl::gather16, winograd_impl::interleave16,
+                                         winograd_impl::filter_row};
 
 }  // namespace isplit

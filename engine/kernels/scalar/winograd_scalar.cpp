@@ -5,7 +5,8 @@
 namespace isplit {
 
 const WinogradKernels kWinogradScalar = {winograd_impl::input16, winograd_impl::output16,
-                                         winograd_impl::gather16, winograd_impl::interleave16};
+                                         winograd_impl::gather16, winograd_impl::interleave16,
+                                         winograd_impl::filter_row};
 
 const WinogradKernels& winograd_kernels(Isa isa) {
 #if defined(ISPLIT_HAVE_X86_KERNELS)
