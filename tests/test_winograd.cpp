@@ -54,6 +54,18 @@ double scaled_error(const Tensor& ours, const Tensor& ref, const Tensor& x, cons
 
 using isplit::testing::same_bits;
 
+// Largest |ours - ref| of a data gradient in units of the largest sum it could form:
+// Cout * 9 * max|gy| * max|w| (w [Cout, Cin, 3, 3]).
+double scaled_grad_error(const Tensor& ours, const Tensor& ref, const Tensor& gy, const Tensor& w) {
+  double mg = 0.0, mw = 0.0, worst = 0.0;
+  for (int64_t i = 0; i < gy.numel(); ++i) mg = std::max(mg, double(std::fabs(gy[i])));
+  for (int64_t i = 0; i < w.numel(); ++i) mw = std::max(mw, double(std::fabs(w[i])));
+  const double scale = std::max(double(w.dim(0)) * 9.0 * mg * mw, 1e-30);
+  for (int64_t i = 0; i < ref.numel(); ++i)
+    worst = std::max(worst, std::fabs(double(ours[i]) - ref[i]) / scale);
+  return worst;
+}
+
 // The bound on scaled_error. F(4x4, 3x3)'s transforms have entries up to 8 and its filter
 // transform divides by 6 and 24, so it rounds worse than a direct sum; the worst measured
 // on these shapes is 2.6e-7 (float32 epsilon is 1.2e-7). A wrong transform entry gives
@@ -108,13 +120,8 @@ TEST_SUITE("winograd") {
       Tensor ref = start.clone(), ours = start.clone();
       conv2d_backward_data(gy, wt, s, ref);
       conv2d_backward_data_winograd(gy, winograd_filter_transposed(wt), s, ours);
-      // In units of the largest sum: Cout * 9 * max|gy| * max|w| (the start values are
-      // of order one and add exactly one rounding).
-      double mg = 0.0, mw = 0.0, worst = 0.0;
-      for (int64_t i = 0; i < gy.numel(); ++i) mg = std::max(mg, double(std::fabs(gy[i])));
-      for (int64_t i = 0; i < wt.numel(); ++i) mw = std::max(mw, double(std::fabs(wt[i])));
-      for (int64_t i = 0; i < ref.numel(); ++i)
-        worst = std::max(worst, std::fabs(double(ours[i]) - ref[i]) / (cout * 9.0 * mg * mw));
+      // The start values are of order one and add exactly one rounding.
+      const double worst = scaled_grad_error(ours, ref, gy, wt);
       CHECK_MESSAGE(worst <= kScaledTol, "cin " << cin << " cout " << cout << " " << h << "x"
                                                 << w << " pad " << pad << ": " << worst);
     }
@@ -353,11 +360,7 @@ TEST_SUITE("winograd") {
         conv2d_backward_data(gy, wt, s, gref);
         conv2d_backward_data_winograd(gy, winograd_filter_transposed(wt, WinogradFilters::Streamed),
                                       s, gours);
-        double mg = 0.0, mw = 0.0, worst = 0.0;
-        for (int64_t i = 0; i < gy.numel(); ++i) mg = std::max(mg, double(std::fabs(gy[i])));
-        for (int64_t i = 0; i < wt.numel(); ++i) mw = std::max(mw, double(std::fabs(wt[i])));
-        for (int64_t i = 0; i < gref.numel(); ++i)
-          worst = std::max(worst, std::fabs(double(gours[i]) - gref[i]) / (c.cout * 9.0 * mg * mw));
+        const double worst = scaled_grad_error(gours, gref, gy, wt);
         CHECK_MESSAGE(worst <= kScaledTol, isa_name(isa) << " data gradient, cin " << c.cin
                                                          << " cout " << c.cout << ": " << worst);
       }
