@@ -180,11 +180,29 @@ void output16(const float* m, int64_t stride, float bias, bool relu, float* out)
     for (int64_t i = 0; i < 16 * L; ++i) out[i] = out[i] > 0.0f ? out[i] : 0.0f;
 }
 
+// The widest vector of this translation unit's ISA, as a value: each lane rounds on its own.
+#if defined(__AVX512F__)
+constexpr int kVecLanes = 16;
+#elif defined(__AVX__)
+constexpr int kVecLanes = 8;
+#else
+constexpr int kVecLanes = 4;  // SSE2, NEON, or four scalars
+#endif
+typedef float Vec __attribute__((vector_size(kVecLanes * sizeof(float))));
+
+inline Vec load_lanes(const float* p) {
+  Vec v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store_lanes(float* p, Vec v) { __builtin_memcpy(p, &v, sizeof v); }
+
 // Row R of G (F(4x4, 3x3)) applied to the 3-vector (x0, x1, x2): the sixths and
 // twenty-fourths are gathered into one multiplication by 1/6 after exact scalings by
 // powers of two, so each value is rounded at most four times.
-template <int R>
-inline float g_row(float x0, float x1, float x2) {
+template <int R, class T>
+inline T g_row(T x0, T x1, T x2) {
   if constexpr (R == 0) return 0.25f * x0;
   if constexpr (R == 1) return -((x0 + x1) + x2) * (1.0f / 6.0f);
   if constexpr (R == 2) return -((x0 - x1) + x2) * (1.0f / 6.0f);
@@ -194,27 +212,23 @@ inline float g_row(float x0, float x1, float x2) {
 }
 
 // Row R of the filter transform for sixteen filters: g[t][l] is tap t of filter l, and
-// o[j][l] gets (G g G^T)[R][j]. Through local blocks (as in apply_bt), so the loops
-// vectorise although outputs and taps might overlap as far as the compiler knows.
+// o[j][l] gets (G g G^T)[R][j]. The taps are loaded into registers and each result is
+// stored once (a local block in between cost three stores per result).
 template <int R>
 inline void filter16(const float* const* g, float* const* o) {
-  alignas(64) float x[9][L];
-  alignas(64) float r[6][L];
-  for (int64_t t = 0; t < 9; ++t)
-    for (int64_t l = 0; l < L; ++l) x[t][l] = g[t][l];
-  for (int64_t l = 0; l < L; ++l) {
-    const float t0 = g_row<R>(x[0][l], x[3][l], x[6][l]);
-    const float t1 = g_row<R>(x[1][l], x[4][l], x[7][l]);
-    const float t2 = g_row<R>(x[2][l], x[5][l], x[8][l]);
-    r[0][l] = g_row<0>(t0, t1, t2);
-    r[1][l] = g_row<1>(t0, t1, t2);
-    r[2][l] = g_row<2>(t0, t1, t2);
-    r[3][l] = g_row<3>(t0, t1, t2);
-    r[4][l] = g_row<4>(t0, t1, t2);
-    r[5][l] = g_row<5>(t0, t1, t2);
+  for (int64_t l = 0; l < L; l += kVecLanes) {
+    Vec x[9];
+    for (int t = 0; t < 9; ++t) x[t] = load_lanes(g[t] + l);
+    const Vec t0 = g_row<R>(x[0], x[3], x[6]);
+    const Vec t1 = g_row<R>(x[1], x[4], x[7]);
+    const Vec t2 = g_row<R>(x[2], x[5], x[8]);
+    store_lanes(o[0] + l, g_row<0>(t0, t1, t2));
+    store_lanes(o[1] + l, g_row<1>(t0, t1, t2));
+    store_lanes(o[2] + l, g_row<2>(t0, t1, t2));
+    store_lanes(o[3] + l, g_row<3>(t0, t1, t2));
+    store_lanes(o[4] + l, g_row<4>(t0, t1, t2));
+    store_lanes(o[5] + l, g_row<5>(t0, t1, t2));
   }
-  for (int64_t j = 0; j < 6; ++j)
-    for (int64_t l = 0; l < L; ++l) o[j][l] = r[j][l];
 }
 
 // filter_row for one row R: whole blocks of sixteen in place, a short last one through

@@ -1,0 +1,101 @@
+// Winograd F(4x4, 3x3) transform kernels (engine/kernels/winograd.h), per ISA, one thread:
+// input16 and output16 on sixteen tiles with the position stride run_winograd uses
+// (channels x tile stride plus a pad, "padded") and without the pad ("4k", a multiple of
+// 4 KiB, which puts all 36 positions into one L1 set), and filter_row on one panel of
+// taps. Reports ns per call and transformed values per second.
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/cpu.h"
+#include "engine/kernels/winograd.h"
+
+namespace {
+
+using isplit::Isa;
+using isplit::WinogradKernels;
+
+constexpr int64_t kLanes = isplit::kWinogradLanes;
+constexpr int64_t kSets = 64;  // distinct blocks of tiles, cycled through (about 2.4 MB)
+
+// Fills v with cheap pseudo-random values in [-1, 1).
+void fill(std::vector<float>& v, uint32_t seed) {
+  uint32_t s = seed * 2654435761u + 1u;
+  for (float& x : v) {
+    s = s * 1664525u + 1013904223u;
+    x = static_cast<float>(s >> 8) * (2.0f / 16777216.0f) - 1.0f;
+  }
+}
+
+// Position stride of a 64-channel layer with 64 tiles per block, padded or not.
+int64_t position_stride(bool padded) { return 64 * 64 + (padded ? 16 : 0); }
+
+// input16: sixteen 6x6 patches to the 36 positions of the transformed-input buffer.
+void bm_input16(benchmark::State& state, Isa isa, bool padded) {
+  const WinogradKernels& k = isplit::winograd_kernels(isa);
+  const int64_t pos = position_stride(padded);
+  std::vector<float> in(static_cast<size_t>(kSets * 36 * kLanes)), v(static_cast<size_t>(36 * pos));
+  fill(in, 1);
+  int64_t i = 0;
+  for (auto _ : state) {
+    const int64_t set = i++ % kSets;
+    k.input16(in.data() + set * 36 * kLanes, v.data() + set * kLanes, pos);
+    benchmark::ClobberMemory();
+  }
+  state.counters["values"] = benchmark::Counter(36.0 * kLanes, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// output16: the 36 positions of sixteen tiles' products to their 4x4 outputs (bias, ReLU).
+void bm_output16(benchmark::State& state, Isa isa, bool padded) {
+  const WinogradKernels& k = isplit::winograd_kernels(isa);
+  const int64_t pos = position_stride(padded);
+  std::vector<float> m(static_cast<size_t>(36 * pos)), out(static_cast<size_t>(kSets * 16 * kLanes));
+  fill(m, 2);
+  int64_t i = 0;
+  for (auto _ : state) {
+    const int64_t set = i++ % kSets;
+    k.output16(m.data() + set * kLanes, pos, 0.25f, true, out.data() + set * 16 * kLanes);
+    benchmark::ClobberMemory();
+  }
+  state.counters["values"] = benchmark::Counter(16.0 * kLanes, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// filter_row: the six rows of the filter transform of 6 x 256 filters (one AVX2 panel of
+// ResNet-50 layer3's 3x3 convolution), taps and results in L1 and L2.
+void bm_filter_rows(benchmark::State& state, Isa isa) {
+  const WinogradKernels& k = isplit::winograd_kernels(isa);
+  const int64_t len = 6 * 256, tap_stride = len + 16;
+  std::vector<float> taps(static_cast<size_t>(9 * tap_stride)), out(static_cast<size_t>(6 * tap_stride));
+  fill(taps, 3);
+  float* o[6];
+  for (int64_t j = 0; j < 6; ++j) o[j] = out.data() + j * tap_stride;
+  for (auto _ : state) {
+    for (int row = 0; row < 6; ++row) k.filter_row(taps.data(), tap_stride, len, row, o);
+    benchmark::ClobberMemory();
+  }
+  state.counters["values"] = benchmark::Counter(36.0 * len, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Registers the transforms for every ISA this machine runs.
+int register_winograd_benchmarks() {
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+    if (!isplit::isa_supported(isa)) continue;
+    const std::string tag = isplit::isa_name(isa);
+    for (bool padded : {true, false}) {
+      const std::string stride = padded ? "padded" : "4k";
+      benchmark::RegisterBenchmark(("WinogradTransform/input16/" + tag + "/" + stride).c_str(),
+                                   bm_input16, isa, padded);
+      benchmark::RegisterBenchmark(("WinogradTransform/output16/" + tag + "/" + stride).c_str(),
+                                   bm_output16, isa, padded);
+    }
+    benchmark::RegisterBenchmark(("WinogradTransform/filter_rows/" + tag).c_str(), bm_filter_rows,
+                                 isa);
+  }
+  return 0;
+}
+
+const int kRegistered = register_winograd_benchmarks();
+
+}  // namespace
