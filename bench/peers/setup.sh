@@ -5,6 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."   # repository root
 SIZES="${1:-64,224}"
 
+echo "== Debian packages"
+# OpenMP OpenBLAS for the PyTorch peer (run_peers.py preloads it; without it Debian's torch
+# runs on the slow reference BLAS and its column means nothing). Only when missing.
+if ! dpkg-query -W -f='${Status}' libopenblas0-openmp 2>/dev/null | grep -q "install ok installed"; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends libopenblas0-openmp
+fi
+
 echo "== oneDNN driver"
 bench/peers/build.sh
 
