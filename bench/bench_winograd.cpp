@@ -7,27 +7,20 @@
 
 #include <cstdint>
 #include <string>
-#include <vector>
 
+#include "bench/bench_util.h"
 #include "engine/cpu.h"
 #include "engine/kernels/winograd.h"
 
 namespace {
 
 using isplit::Isa;
+using isplit::Tensor;
 using isplit::WinogradKernels;
+using isplit::bench::filled;
 
 constexpr int64_t kLanes = isplit::kWinogradLanes;
 constexpr int64_t kSets = 64;  // distinct blocks of tiles, cycled through (about 2.4 MB)
-
-// Fills v with cheap pseudo-random values in [-1, 1).
-void fill(std::vector<float>& v, uint32_t seed) {
-  uint32_t s = seed * 2654435761u + 1u;
-  for (float& x : v) {
-    s = s * 1664525u + 1013904223u;
-    x = static_cast<float>(s >> 8) * (2.0f / 16777216.0f) - 1.0f;
-  }
-}
 
 // Position stride of a 64-channel layer with 64 tiles per block, padded or not.
 int64_t position_stride(bool padded) { return 64 * 64 + (padded ? 16 : 0); }
@@ -36,8 +29,8 @@ int64_t position_stride(bool padded) { return 64 * 64 + (padded ? 16 : 0); }
 void bm_input16(benchmark::State& state, Isa isa, bool padded) {
   const WinogradKernels& k = isplit::winograd_kernels(isa);
   const int64_t pos = position_stride(padded);
-  std::vector<float> in(static_cast<size_t>(kSets * 36 * kLanes)), v(static_cast<size_t>(36 * pos));
-  fill(in, 1);
+  const Tensor in = filled({kSets * 36 * kLanes}, 1);
+  Tensor v = Tensor::zeros({36 * pos});
   int64_t i = 0;
   for (auto _ : state) {
     const int64_t set = i++ % kSets;
@@ -51,8 +44,8 @@ void bm_input16(benchmark::State& state, Isa isa, bool padded) {
 void bm_output16(benchmark::State& state, Isa isa, bool padded) {
   const WinogradKernels& k = isplit::winograd_kernels(isa);
   const int64_t pos = position_stride(padded);
-  std::vector<float> m(static_cast<size_t>(36 * pos)), out(static_cast<size_t>(kSets * 16 * kLanes));
-  fill(m, 2);
+  const Tensor m = filled({36 * pos}, 2);
+  Tensor out = Tensor::zeros({kSets * 16 * kLanes});
   int64_t i = 0;
   for (auto _ : state) {
     const int64_t set = i++ % kSets;
@@ -67,8 +60,8 @@ void bm_output16(benchmark::State& state, Isa isa, bool padded) {
 void bm_filter_rows(benchmark::State& state, Isa isa) {
   const WinogradKernels& k = isplit::winograd_kernels(isa);
   const int64_t len = 6 * 256, tap_stride = len + 16;
-  std::vector<float> taps(static_cast<size_t>(9 * tap_stride)), out(static_cast<size_t>(6 * tap_stride));
-  fill(taps, 3);
+  const Tensor taps = filled({9 * tap_stride}, 3);
+  Tensor out = Tensor::zeros({6 * tap_stride});
   float* o[6];
   for (int64_t j = 0; j < 6; ++j) o[j] = out.data() + j * tap_stride;
   for (auto _ : state) {

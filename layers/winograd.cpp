@@ -17,25 +17,23 @@ namespace {
 constexpr int64_t L = kWinogradLanes;
 constexpr int64_t kPositions = 36;  // 6x6 transform positions
 
-WinogradMode mode_from_env() {
-  const char* env = std::getenv("ISPLIT_WINOGRAD");
-  if (!env || !*env) return WinogradMode::Auto;
-  return parse_winograd_mode(env, "ISPLIT_WINOGRAD");
+// The setting named by environment variable `name`, parsed by `parse`, else `fallback`.
+template <class Mode>
+int setting_from_env(const char* name, Mode fallback,
+                     Mode (*parse)(const std::string&, const std::string&)) {
+  const char* env = std::getenv(name);
+  return static_cast<int>(!env || !*env ? fallback : parse(env, name));
 }
 
 std::atomic<int>& mode_slot() {
-  static std::atomic<int> slot{static_cast<int>(mode_from_env())};
+  static std::atomic<int> slot{
+      setting_from_env("ISPLIT_WINOGRAD", WinogradMode::Auto, &parse_winograd_mode)};
   return slot;
 }
 
-WinogradFilters filters_from_env() {
-  const char* env = std::getenv("ISPLIT_WINOGRAD_FILTERS");
-  if (!env || !*env) return WinogradFilters::Stored;
-  return parse_winograd_filters(env, "ISPLIT_WINOGRAD_FILTERS");
-}
-
 std::atomic<int>& filters_slot() {
-  static std::atomic<int> slot{static_cast<int>(filters_from_env())};
+  static std::atomic<int> slot{setting_from_env("ISPLIT_WINOGRAD_FILTERS", WinogradFilters::Stored,
+                                                &parse_winograd_filters)};
   return slot;
 }
 

@@ -37,19 +37,25 @@ Conv2dSpec spec3x3(int64_t cin, int64_t cout, int64_t pad) {
   return s;
 }
 
-// Largest |ours - ref| / (Cin * 9 * max|x| * max|w|): the error in units of the largest
-// sum the layer could form, so one bound holds for every shape. (Per output, a sum of
-// |x| |w| over its own taps is no scale for Winograd: a tile's result is formed from
-// transformed values of its whole 6x6 patch, so an output whose own taps are small still
-// carries the rounding of its neighbours'.)
-double scaled_error(const Tensor& ours, const Tensor& ref, const Tensor& x, const Tensor& w) {
-  double mx = 0.0, mw = 0.0, worst = 0.0;
-  for (int64_t i = 0; i < x.numel(); ++i) mx = std::max(mx, double(std::fabs(x[i])));
+// Largest |ours - ref| / (terms * 9 * max|a| * max|w|), a being the data the sums read:
+// the error in units of the largest sum the layer could form, so one bound holds for every
+// shape. (Per output, a sum of |a| |w| over its own taps is no scale for Winograd: a
+// tile's result is formed from transformed values of its whole 6x6 patch, so an output
+// whose own taps are small still carries the rounding of its neighbours'.)
+double error_in_sums(const Tensor& ours, const Tensor& ref, const Tensor& a, const Tensor& w,
+                     int64_t terms) {
+  double ma = 0.0, mw = 0.0, worst = 0.0;
+  for (int64_t i = 0; i < a.numel(); ++i) ma = std::max(ma, double(std::fabs(a[i])));
   for (int64_t i = 0; i < w.numel(); ++i) mw = std::max(mw, double(std::fabs(w[i])));
-  const double scale = std::max(double(x.dim(1)) * 9.0 * mx * mw, 1e-30);
+  const double scale = std::max(double(terms) * 9.0 * ma * mw, 1e-30);
   for (int64_t i = 0; i < ref.numel(); ++i)
     worst = std::max(worst, std::fabs(double(ours[i]) - ref[i]) / scale);
   return worst;
+}
+
+// The forward error: Cin * 9 * max|x| * max|w|.
+double scaled_error(const Tensor& ours, const Tensor& ref, const Tensor& x, const Tensor& w) {
+  return error_in_sums(ours, ref, x, w, x.dim(1));
 }
 
 using isplit::testing::same_bits;
@@ -57,13 +63,7 @@ using isplit::testing::same_bits;
 // Largest |ours - ref| of a data gradient in units of the largest sum it could form:
 // Cout * 9 * max|gy| * max|w| (w [Cout, Cin, 3, 3]).
 double scaled_grad_error(const Tensor& ours, const Tensor& ref, const Tensor& gy, const Tensor& w) {
-  double mg = 0.0, mw = 0.0, worst = 0.0;
-  for (int64_t i = 0; i < gy.numel(); ++i) mg = std::max(mg, double(std::fabs(gy[i])));
-  for (int64_t i = 0; i < w.numel(); ++i) mw = std::max(mw, double(std::fabs(w[i])));
-  const double scale = std::max(double(w.dim(0)) * 9.0 * mg * mw, 1e-30);
-  for (int64_t i = 0; i < ref.numel(); ++i)
-    worst = std::max(worst, std::fabs(double(ours[i]) - ref[i]) / scale);
-  return worst;
+  return error_in_sums(ours, ref, gy, w, w.dim(0));
 }
 
 // The bound on scaled_error. F(4x4, 3x3)'s transforms have entries up to 8 and its filter
