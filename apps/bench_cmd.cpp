@@ -26,6 +26,14 @@ long long peak_rss_bytes() {
   return static_cast<long long>(ru.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
+// Median of a non-empty list (mean of the middle two for an even count); 0 when empty.
+double median_of(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 }  // namespace
 
 CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
@@ -40,6 +48,8 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   cmd->add_option("--warmup", a.warmup, "untimed passes first (default 2)")->check(CLI::Range(0, 100000));
   cmd->add_option("--num-classes", a.num_classes, "classifier width (default 1000; 10 for train)")->check(CLI::PositiveNumber);
   cmd->add_flag("--json", a.json, "print one JSON object");
+  cmd->add_flag("--stages", a.stages,
+                "also time every stage of the forward pass (native backend; median ms per stage)");
   cmd->add_option("--winograd", a.winograd, "3x3 convolutions by Winograd: on, off or auto (default: ISPLIT_WINOGRAD, else auto)");
   cmd->add_option("--winograd-filters", a.winograd_filters,
                   "Winograd filters stored transformed (faster) or streamed from the weights (a quarter of the memory) (default: ISPLIT_WINOGRAD_FILTERS, else stored)")
@@ -61,6 +71,8 @@ int run_bench(const BenchArgs& a) {
   if (!a.winograd_filters.empty())
     set_winograd_filters_mode(parse_winograd_filters(a.winograd_filters, "--winograd-filters"));
   if (!a.prepack.empty()) set_gemm_prepack(a.prepack == "on");
+  if (a.stages && (onednn || a.mode == "train"))
+    throw Error("--stages: per-stage times need the native backend and --mode forward or importance");
   if (a.mode == "train" && a.batch < 2) throw Error("--batch: train mode needs at least 2 images (BatchNorm batch statistics)");
   const int64_t classes = a.num_classes > 0 ? a.num_classes : (a.mode == "train" ? 10 : 1000);
   auto model = build_model(a.model, classes, 1);
@@ -102,6 +114,24 @@ int run_bench(const BenchArgs& a) {
     }
   };
   for (int i = 0; i < a.warmup; ++i) pass();
+  // Per-stage forward times of the timed passes, stages in network order.
+  std::vector<std::string> stage_names;
+  std::vector<std::vector<double>> stage_ms;
+  if (a.stages) {
+    size_t next = 0;  // position in stage_names during a pass
+    model->set_stage_timer([&](const std::string& name, double seconds) {
+      if (next == 0 || next >= stage_names.size() || stage_names[next] != name) {
+        auto it = std::find(stage_names.begin(), stage_names.end(), name);
+        next = static_cast<size_t>(it - stage_names.begin());
+        if (it == stage_names.end()) {
+          stage_names.push_back(name);
+          stage_ms.emplace_back();
+        }
+      }
+      stage_ms[next++].push_back(1e3 * seconds);
+      if (next == stage_names.size()) next = 0;
+    });
+  }
   // Tensor memory: what stays between passes (weights, packed filters, optimizer state)
   // and the high-water mark during the timed passes.
   const size_t resident = tensor_live_bytes();
@@ -112,10 +142,12 @@ int run_bench(const BenchArgs& a) {
     pass();
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
+  model->set_stage_timer(nullptr);
   std::vector<double> sorted = ms;
   std::sort(sorted.begin(), sorted.end());
-  const size_t n = sorted.size();
-  const double median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+  const double median = median_of(ms);
+  std::vector<double> stage_median;
+  for (const auto& v : stage_ms) stage_median.push_back(median_of(v));
   const long long peak = peak_rss_bytes();
   const size_t tensor_peak = tensor_peak_bytes();
   if (a.json) {
@@ -144,6 +176,12 @@ int run_bench(const BenchArgs& a) {
     j["tensor_resident_bytes"] = resident;
     j["tensor_peak_bytes"] = tensor_peak;
     j["times_ms"] = ms;
+    if (a.stages) {
+      nlohmann::ordered_json st = nlohmann::ordered_json::array();
+      for (size_t i = 0; i < stage_names.size(); ++i)
+        st.push_back({{"name", stage_names[i]}, {"median_ms", stage_median[i]}});
+      j["stages"] = st;
+    }
     std::cout << j.dump() << "\n";
     return 0;
   }
@@ -154,6 +192,15 @@ int run_bench(const BenchArgs& a) {
               onednn ? ("oneDNN " + onednn_version_text()).c_str() : isa_name(active_isa()).c_str(), median, sorted.front(), sorted.back(),
               median > 0 ? 1000.0 * B / median : 0.0, peak / 1e6, weights / 1e6, resident / 1e6,
               tensor_peak / 1e6, (static_cast<double>(tensor_peak) - resident) / 1e6);
+  if (a.stages) {
+    double total = 0;
+    for (double t : stage_median) total += t;
+    std::printf("%-24s %10s %7s\n", a.mode == "forward" ? "stage" : "stage (forward part)", "median ms", "share");
+    for (size_t i = 0; i < stage_names.size(); ++i)
+      std::printf("%-24s %10.3f %6.1f%%\n", stage_names[i].c_str(), stage_median[i],
+                  total > 0 ? 100.0 * stage_median[i] / total : 0.0);
+    std::printf("%-24s %10.3f\n", "sum of stage medians", total);
+  }
   return 0;
 }
 

@@ -17,6 +17,7 @@ struct BenchArgs {
   int warmup = 2;
   int64_t num_classes = 0;  // 0: 1000 (forward, importance) or 10 (train)
   bool json = false;
+  bool stages = false;  // per-stage times (native forward / importance)
   std::string winograd;  // "": ISPLIT_WINOGRAD or auto; else 0/off, 1/on, auto
   std::string winograd_filters;  // "": ISPLIT_WINOGRAD_FILTERS or stored; else stored, streamed
   std::string prepack;   // "": ISPLIT_PREPACK or on; else on/off

@@ -1,5 +1,6 @@
 #include "models/model.h"
 
+#include <chrono>
 #include <set>
 
 #include "engine/safetensors.h"
@@ -42,6 +43,16 @@ Var Model::forward(Tape* tape, const Var& x, const Observer& observe,
   if (!stop_after.empty() && !has_cut_point(stop_after))
     throw Error(arch_ + ": unknown cut point '" + stop_after + "'");
   Var v = x;
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point t0;
+  // Reports the stage(s) just run to the timer, if any.
+  auto timed = [&](const std::string& name) {
+    if (!stage_timer_) return;
+    const Clock::time_point t1 = Clock::now();
+    stage_timer_(name, std::chrono::duration<double>(t1 - t0).count());
+    t0 = t1;
+  };
+  if (stage_timer_) t0 = Clock::now();
   for (size_t i = 0; i < stages_.size(); ++i) {
     Stage& s = stages_[i];
     Var pre;
@@ -58,6 +69,7 @@ Var Model::forward(Tape* tape, const Var& x, const Observer& observe,
           v = y;
           i += 2;
           Stage& last = stages_[i];
+          timed(s.name + "+" + stages_[i - 1].name + "+" + last.name);
           if (last.cut && !last.hidden) {
             if (observe) observe(last.name, v);
             if (last.name == stop_after) return v;
@@ -67,6 +79,7 @@ Var Model::forward(Tape* tape, const Var& x, const Observer& observe,
       }
     }
     v = s.module->forward_pre_relu(tape, v, &pre);
+    timed(s.name);
     if (s.cut && !s.hidden) {
       if (observe_pre_relu && pre.value.defined()) observe_pre_relu(s.name, pre);
       if (observe) observe(s.name, v);

@@ -110,6 +110,13 @@ class Model {
   // True while packed for inference.
   bool packed() const { return packed_; }
 
+  // Called by forward() after each stage it runs with the stage's name and its wall time
+  // in seconds (a pool -> flatten -> linear run as one map is reported once, as
+  // "avgpool+fc" style names joined by '+').
+  using StageTimer = std::function<void(const std::string&, double)>;
+  // Installs (or, with nullptr, removes) the per-stage timer used for profiling.
+  void set_stage_timer(StageTimer timer) { stage_timer_ = std::move(timer); }
+
  protected:
   struct Stage {
     std::string name;
@@ -139,6 +146,7 @@ class Model {
   bool complete_ = false;
   bool folded_ = false;
   bool packed_ = false;
+  StageTimer stage_timer_;
 };
 
 // Names of the architectures build_model knows.

@@ -148,6 +148,18 @@ assert 0 < d['min_ms'] <= d['median_ms'] <= d['max_ms'], d
 assert d['weights_bytes'] == 25557032 * 4 and d['peak_rss_bytes'] > d['weights_bytes'], d
 assert d['backend'] == 'native', d
 " && ok || bad "bench --json"
+expect 0 "" -- "$ISPLIT" bench --model resnet50 --input-size 32 --iters 3 --warmup 0 --stages --json
+$PY -c "
+import json; d = json.load(open('$WORK/out'))
+st = d['stages']
+assert [s['name'] for s in st][:5] == ['conv1', 'bn1', 'relu', 'maxpool', 'layer1.0'], st
+assert len(st) == 23 and st[-1]['name'] == 'fc', st
+assert all(s['median_ms'] >= 0 for s in st), st
+assert sum(s['median_ms'] for s in st) <= 1.5 * d['max_ms'], (st, d)
+" && ok || bad "bench --stages --json"
+expect 0 "" -- "$ISPLIT" bench --model resnet50 --mode importance --input-size 32 --iters 1 --warmup 0 --stages
+grep -q "^layer4.2 " "$WORK/out" && grep -q "sum of stage medians" "$WORK/out" && ok || bad "bench --stages table"
+expect 1 "per-stage" -- "$ISPLIT" bench --model resnet50 --mode train --batch 2 --stages
 expect 0 "" -- "$ISPLIT" bench --model resnet50 --mode train --input-size 32 --batch 2 --iters 1 --warmup 0
 grep -q "images/s" "$WORK/out" && ok || bad "bench prints no images/s"
 expect 1 "at least 2" -- "$ISPLIT" bench --model resnet50 --mode train --batch 1
@@ -165,6 +177,7 @@ assert 0 < d['min_ms'] <= d['median_ms'] <= d['max_ms'] and d['onednn_version'].
   expect 0 "" -- "$ISPLIT" bench --model resnet50 --input-size 32 --iters 1 --warmup 0 --backend onednn
   grep -q "oneDNN" "$WORK/out" && ok || bad "bench --backend onednn does not say oneDNN"
   expect 2 "forward" -- "$ISPLIT" bench --model resnet50 --mode importance --backend onednn
+  expect 1 "per-stage" -- "$ISPLIT" bench --model resnet50 --backend onednn --stages
   expect 2 "forward" -- "$ISPLIT" bench --model resnet50 --mode train --batch 2 --backend onednn
   expect 0 "" -- "$ISPLIT" predict --model resnet50 --weights "$W" --input-size 64 --backend onednn \
     --logits "$WORK/onednn.csv" "$IMG"

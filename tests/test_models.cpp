@@ -213,6 +213,44 @@ TEST_SUITE("models") {
     CHECK(max_rel(out, ref) < 1e-4);
   }
 
+  TEST_CASE("the stage timer sees every stage once per pass, in order, and changes nothing") {
+    auto m = build_model("resnet50", 10, 3);
+    Tensor x = random_tensor({1, 3, 32, 32}, 4);
+    const Tensor ref = m->predict(x);
+    std::vector<std::string> names;
+    std::vector<double> seconds;
+    m->set_stage_timer([&](const std::string& n, double s) {
+      names.push_back(n);
+      seconds.push_back(s);
+    });
+    Tensor out = m->predict(x);
+    CHECK(max_rel(out, ref) == 0.0);
+    // 4 stem stages, 16 bottlenecks, avgpool, flatten, fc.
+    REQUIRE(names.size() == 23);
+    CHECK(names.front() == "conv1");
+    CHECK(names[4] == "layer1.0");
+    CHECK(names[19] == "layer4.2");
+    CHECK(names.back() == "fc");
+    for (double s : seconds) CHECK(s >= 0.0);
+    // Stopping at a cut point reports only the stages that ran.
+    names.clear();
+    (void)m->forward(nullptr, Var{x}, nullptr, "layer1.0");
+    CHECK(names.size() == 5);
+    // A packed VGG16 at 64x64 runs avgpool -> flatten -> fc as one map: reported once.
+    auto vgg = build_model("vgg16", 10, 3);
+    vgg->fold_batchnorm();
+    vgg->pack_for_inference();
+    std::vector<std::string> vnames;
+    vgg->set_stage_timer([&](const std::string& n, double) { vnames.push_back(n); });
+    (void)vgg->predict(random_tensor({1, 3, 64, 64}, 5));
+    CHECK(std::count(vnames.begin(), vnames.end(), "avgpool+flatten+classifier.0") == 1);
+    // Removed: no more calls.
+    m->set_stage_timer(nullptr);
+    names.clear();
+    (void)m->predict(x);
+    CHECK(names.empty());
+  }
+
   TEST_CASE("results do not depend on the thread count") {
     auto m = build_model("resnet50", 10, 8);
     Tensor x = random_tensor({2, 3, 64, 64}, 9);
