@@ -39,6 +39,7 @@ struct Case {
   bool bias, relu;
   int64_t pad;  // added to every leading dimension
   bool residual = false;  // the epilogue adds a matrix laid out like C
+  bool specials = false;  // NaN and infinities in the bias and the residual
 };
 
 std::vector<float> random_vector(std::mt19937& rng, size_t n) {
@@ -65,8 +66,15 @@ int check_case(std::mt19937& rng, Isa isa, const Case& cs) {
   const std::vector<float> a = random_vector(rng, static_cast<size_t>((cs.ta ? cs.k : cs.m) * lda));
   const std::vector<float> b = random_vector(rng, static_cast<size_t>((cs.tb ? cs.n : cs.k) * ldb));
   const std::vector<float> c0 = random_vector(rng, static_cast<size_t>(cs.m * ldc));
-  const std::vector<float> bias = random_vector(rng, static_cast<size_t>(cs.m));
-  const std::vector<float> res = random_vector(rng, static_cast<size_t>(cs.m * ldc));
+  std::vector<float> bias = random_vector(rng, static_cast<size_t>(cs.m));
+  std::vector<float> res = random_vector(rng, static_cast<size_t>(cs.m * ldc));
+  if (cs.specials) {
+    // The ReLU must map NaN to +0 (v > 0 ? v : 0), and infinities must pass through.
+    const float inf = std::numeric_limits<float>::infinity();
+    const float special[] = {std::numeric_limits<float>::quiet_NaN(), -inf, inf};
+    for (int64_t i = 0; i < std::min<int64_t>(3, cs.m); ++i) bias[static_cast<size_t>(i)] = special[i];
+    for (int64_t i = 0; i < cs.m; i += 5) res[static_cast<size_t>(i * ldc + (i % cs.n))] = special[i % 3];
+  }
   // Expected: the single-threaded kernel, then bias, residual and ReLU element by element.
   std::vector<float> expect = c0;
   gemm_single(isa, GemmArgs{cs.ta, cs.tb, cs.m, cs.n, cs.k, a.data(), lda, b.data(), ldb, cs.beta,
@@ -135,6 +143,12 @@ TEST_SUITE("gemm_prepacked") {
         {false, false, 1024, 196, 256, 0.0f, false, false, 3, true},
         {false, false, 37, 129, 300, 0.5f, true, true, 5, true},
         {false, false, 20, 30, 0, 0.5f, false, true, 1, true},
+        // NaN and infinities through bias, residual and ReLU, both layouts, with and
+        // without the ReLU (the bits must still match, NaNs included).
+        {false, false, 64, 200, 40, 0.0f, true, true, 0, true, true},
+        {false, false, 48, 5, 40, 0.0f, true, true, 0, true, true},
+        {false, false, 37, 61, 300, 1.0f, true, false, 2, true, true},
+        {false, false, 40, 3, 300, 0.0f, true, false, 0, true, true},
     };
     int failures = 0;
     for (Isa isa : supported_isas())

@@ -64,6 +64,16 @@ class AlignedBuffer {
   size_t size_ = 0;
 };
 
+// The epilogue of one micro-tile (see GemmEpilogue), applied by the micro-kernel to each C
+// value it stores after the last k block: c = (c + bias) + residual, then max(c, 0), the
+// operations and order of epilogue_block(), so the results are the same bits. Done in
+// registers, it spares a second pass that would reload C right after the kernel's stores.
+struct TileEpilogue {
+  const float* bias = nullptr;      // bias of the tile's first C row, then one per C row
+  const float* residual = nullptr;  // element of the tile's first C element, row stride ldc
+  bool relu = false;
+};
+
 // Number of k blocks for depth k with at most kc_max per block (depends on k only).
 inline int64_t k_block_count(int64_t k, int64_t kc_max) { return (k + kc_max - 1) / kc_max; }
 
@@ -96,9 +106,11 @@ inline double lane_efficiency(int64_t d, int64_t width) {
 //                     panel r (rows part_begin(mc, np, r)...) at dst + r * MR * kc, [p * MR + i]
 //   pack_b(trans, src, ld, nc, kc, dst)  op(B) kc x nc -> NR-wide tiles, tile t at
 //                     dst + t * NR * kc, [p * NR + j], the last one zero padded
-//   kernel(rows, cols, kc, ap, bp, ldbp, prefetch, tc, c, ldc, mode, beta)  one micro-tile;
-//                     B row p at bp + p * ldbp; prefetch: touch the next tile (bp + NR) too;
-//                     tc: the tile is stored transposed, element (i, j) at c[j * ldc + i]
+//   kernel(rows, cols, kc, ap, bp, ldbp, prefetch, tc, c, ldc, mode, beta, ep)  one
+//                     micro-tile; B row p at bp + p * ldbp; prefetch: touch the next tile
+//                     (bp + NR) too; tc: the tile is stored transposed, element (i, j) at
+//                     c[j * ldc + i]; ep (or null): the TileEpilogue applied before storing
+//                     (its C rows are the tile's rows, or with tc its columns)
 //   direct_b_ok(ldb)  whether an untransposed B read in place by many panels stays in L1
 // With TC the problem handed in is the transposed one (C^T = op(B)^T op(A)^T) and C is
 // written transposed, which lays the vector lanes along the original M.
@@ -148,7 +160,7 @@ void gemm_packed_oriented(const GemmArgs& g) {
         }
         Kern::kernel(static_cast<int>(r1 - r0), cols, kc, ap_all + r * MR * kc,
                      bp + t * tile_stride, ldbp, prefetch && r == 0, TC, c_at(i0 + r0, j0 + t * NR),
-                     g.ldc, mode, g.beta);
+                     g.ldc, mode, g.beta, nullptr);
       }
     }
   };

@@ -8,8 +8,8 @@
 //                  p0 * T * NR + t * NR * kc (T tiles), [p * NR + j], zero padded.
 // The k blocks are the ones gemm_packed() uses (a function of K only) and every C element
 // gets the same FMAs in the same order and the same store rule, so the results equal
-// gemm()'s bit for bit. The epilogue runs on each micro-tile right after its last k block,
-// while the tile is still in L1.
+// gemm()'s bit for bit. The epilogue is applied by the micro-kernel itself to the values of
+// the last k block before it stores them (see TileEpilogue).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -60,6 +60,15 @@ inline void epilogue_at(const PrepackedJob& g, int64_t row0, int64_t rows, int64
   epilogue_block(g.epilogue, row0, rows, cols, c, g.ldc, r);
 }
 
+// The micro-kernel epilogue of the tile of C at c whose first C row is row0.
+inline TileEpilogue tile_epilogue_at(const PrepackedJob& g, int64_t row0, const float* c) {
+  TileEpilogue t;
+  t.bias = g.epilogue.row_bias ? g.epilogue.row_bias + row0 : nullptr;
+  t.residual = g.epilogue.residual ? g.epilogue.residual + (c - g.c) : nullptr;
+  t.relu = g.epilogue.relu;
+  return t;
+}
+
 // Rows [r0, r1) x columns [n0, n1) of C with op(A) in MR-row panels (lanes along N).
 template <class Kern>
 void run_prepacked_panels(const PrepackedJob& g) {
@@ -91,16 +100,9 @@ void run_prepacked_panels(const PrepackedJob& g) {
         const int rows = static_cast<int>(std::min<int64_t>(MR, g.r1 - i0));
         float* c = g.c + i0 * g.ldc + j0 + t * NR;
         if (q + 1 < q1) __builtin_prefetch(c + MR * g.ldc, 1, 3);
+        const TileEpilogue ep = last ? tile_epilogue_at(g, i0, c) : TileEpilogue{};
         Kern::kernel(rows, cols, kc, ap0 + q * MR * kc, bp + t * tile_stride, ldbp,
-                     prefetch && q == q0, false, c, g.ldc, mode, g.beta);
-        // The previous tile's epilogue, not this one's: its stores (masked at the edges,
-        // which cannot forward to loads) have left the store buffer by now.
-        if (last && q > q0)
-          epilogue_at(g, i0 - MR, MR, cols, c - MR * g.ldc);
-      }
-      if (last && q1 > q0) {
-        const int64_t i0 = (q1 - 1) * MR;
-        epilogue_at(g, i0, std::min<int64_t>(MR, g.r1 - i0), cols, g.c + i0 * g.ldc + j0 + t * NR);
+                     prefetch && q == q0, false, c, g.ldc, mode, g.beta, last ? &ep : nullptr);
       }
     }
   };
@@ -178,12 +180,11 @@ void run_prepacked_tiles(const PrepackedJob& g) {
           for (int64_t r = 0; r < np; ++r) {
             const int64_t s0 = part_begin(mc, np, r), s1 = part_begin(mc, np, r + 1);
             float* c = g.c + j0 * g.ldc + i0 + s0;
+            const TileEpilogue ep = last ? tile_epilogue_at(g, j0, c) : TileEpilogue{};
             Kern::kernel(static_cast<int>(s1 - s0), cols, kc, ap + r * MR * kc,
-                         tiles + t * NR * kc, NR, false, true, c, g.ldc, mode, g.beta);
+                         tiles + t * NR * kc, NR, false, true, c, g.ldc, mode, g.beta,
+                         last ? &ep : nullptr);
           }
-          // Once per tile, after all its kernels: the transposed tiles are written with
-          // masked stores, which cannot forward to the epilogue's loads right after them.
-          if (last) epilogue_at(g, j0, cols, mc, g.c + j0 * g.ldc + i0);
         }
       }
     }

@@ -124,35 +124,52 @@ void pack_b_avx2(bool trans, const float* src, int64_t ld, int64_t nc, int64_t k
   }
 }
 
-// Combines one accumulator vector with C at dst according to mode (full vector).
-inline void store_vec(float* dst, __m256 acc, int mode, __m256 beta) {
-  if (mode == kStoreOverwrite) {
-    _mm256_storeu_ps(dst, acc);
-  } else if (mode == kStoreBeta) {
-    _mm256_storeu_ps(dst, _mm256_fmadd_ps(_mm256_loadu_ps(dst), beta, acc));
-  } else {
-    _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), acc));
+// One C vector's value: acc combined with the old C at dst by mode (lanes in mask when
+// masked), then, with ep, the tile epilogue for C row `row` (res: its residual lanes).
+template <bool Masked>
+inline __m256 result_vec(const float* dst, __m256 acc, __m256i mask, int mode, __m256 beta,
+                         const TileEpilogue* ep, int64_t row, const float* res) {
+  auto load = [&](const float* p) { return Masked ? _mm256_maskload_ps(p, mask) : _mm256_loadu_ps(p); };
+  __m256 v = acc;
+  if (mode == kStoreBeta) {
+    v = _mm256_fmadd_ps(load(dst), beta, acc);
+  } else if (mode == kStoreAccumulate) {
+    v = _mm256_add_ps(load(dst), acc);
   }
+  if (ep) {
+    if (ep->bias) v = _mm256_add_ps(v, _mm256_set1_ps(ep->bias[row]));
+    if (ep->residual) v = _mm256_add_ps(v, load(res));
+    if (ep->relu) v = _mm256_max_ps(v, _mm256_setzero_ps());  // v > 0 ? v : +0, NaN -> 0
+  }
+  return v;
 }
 
-// Combines one accumulator vector with C at dst, only the lanes in mask.
-inline void store_vec_masked(float* dst, __m256 acc, __m256i mask, int mode, __m256 beta) {
-  if (mode == kStoreOverwrite) {
-    _mm256_maskstore_ps(dst, mask, acc);
-  } else if (mode == kStoreBeta) {
-    _mm256_maskstore_ps(dst, mask, _mm256_fmadd_ps(_mm256_maskload_ps(dst, mask), beta, acc));
-  } else {
-    _mm256_maskstore_ps(dst, mask, _mm256_add_ps(_mm256_maskload_ps(dst, mask), acc));
-  }
+// Combines one accumulator vector with C at dst according to mode (full vector), then
+// applies the tile epilogue ep (if any) for C row `row` with residual lanes at res.
+inline void store_vec(float* dst, __m256 acc, int mode, __m256 beta,
+                      const TileEpilogue* ep = nullptr, int64_t row = 0,
+                      const float* res = nullptr) {
+  _mm256_storeu_ps(dst, result_vec<false>(dst, acc, __m256i{}, mode, beta, ep, row, res));
+}
+
+// store_vec for the lanes in mask only.
+inline void store_vec_masked(float* dst, __m256 acc, __m256i mask, int mode, __m256 beta,
+                             const TileEpilogue* ep = nullptr, int64_t row = 0,
+                             const float* res = nullptr) {
+  _mm256_maskstore_ps(dst, mask, result_vec<true>(dst, acc, mask, mode, beta, ep, row, res));
 }
 
 // R x (8*NV) micro-kernel: acc = sum_p ap[p*MR + i] * bp[p*ldbp + j], combined with C by
-// mode; the last vector holds last_cols (1..8) valid columns. With PF it also prefetches the
-// same rows of the next tile (bp + NR) for B read in place. With TC the tile is written
-// transposed (element (i, j) at c[j * ldc + i]) after an 8x8 in-register transpose.
+// mode, then the epilogue ep if set; the last vector holds last_cols (1..8) valid columns.
+// With PF it also prefetches the same rows of the next tile (bp + NR) for B read in place.
+// With TC the tile is written transposed (element (i, j) at c[j * ldc + i]) after an 8x8
+// in-register transpose.
 template <int R, int NV, bool PF, bool TC>
 void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restrict bp, int64_t ldbp,
-                  float* c, int64_t ldc, int last_cols, int mode, float beta) {
+                  float* c, int64_t ldc, int last_cols, int mode, float beta,
+                  const TileEpilogue* ep) {
+  const float* res = ep ? ep->residual : nullptr;  // the residual, laid out like C
+  auto res_at = [res](int64_t at) { return res ? res + at : nullptr; };
   // Loops over i and v are unrolled explicitly: GCC -O3 otherwise peels them before
   // scalarising acc and spills the accumulators to the stack on every k step.
   __m256 acc[R][NV];
@@ -185,8 +202,10 @@ void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restric
       for (int i = 0; i < 8; ++i) t[i] = i < R ? acc[i < R ? i : 0][v] : _mm256_setzero_ps();
       transpose8(t);
       const int ncols = v == NV - 1 ? last_cols : 8;
-      for (int q = 0; q < ncols; ++q)
-        store_vec_masked(c + (8 * v + q) * ldc, t[q], row_mask, mode, vb);
+      for (int q = 0; q < ncols; ++q) {
+        const int64_t at = (8 * v + q) * ldc;  // C row 8v + q of the tile
+        store_vec_masked(c + at, t[q], row_mask, mode, vb, ep, 8 * v + q, res_at(at));
+      }
     }
     return;
   }
@@ -194,20 +213,23 @@ void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restric
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i)
 #pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) store_vec(c + i * ldc + 8 * v, acc[i][v], mode, vb);
+      for (int v = 0; v < NV; ++v)
+        store_vec(c + i * ldc + 8 * v, acc[i][v], mode, vb, ep, i, res_at(i * ldc + 8 * v));
     return;
   }
   const __m256i mask = lane_mask8(last_cols);
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
 #pragma GCC unroll 16
-    for (int v = 0; v < NV - 1; ++v) store_vec(c + i * ldc + 8 * v, acc[i][v], mode, vb);
-    store_vec_masked(c + i * ldc + 8 * (NV - 1), acc[i][NV - 1], mask, mode, vb);
+    for (int v = 0; v < NV - 1; ++v)
+      store_vec(c + i * ldc + 8 * v, acc[i][v], mode, vb, ep, i, res_at(i * ldc + 8 * v));
+    const int64_t at = i * ldc + 8 * (NV - 1);
+    store_vec_masked(c + at, acc[i][NV - 1], mask, mode, vb, ep, i, res_at(at));
   }
 }
 
 using MicroKernel = void (*)(int64_t, const float*, const float*, int64_t, float*, int64_t, int,
-                             int, float);
+                             int, float, const TileEpilogue*);
 
 // Table of micro-kernels indexed by [rows - 1][vectors - 1][prefetch][transposed C].
 template <int... Rs>
@@ -237,12 +259,13 @@ struct Avx2Kern {
   static void pack_b(bool t, const float* s, int64_t ld, int64_t nc, int64_t kc, float* d) {
     pack_b_avx2(t, s, ld, nc, kc, d);
   }
-  // Runs the micro-kernel for a rows x cols tile (stored transposed when tc).
+  // Runs the micro-kernel for a rows x cols tile (stored transposed when tc), then ep.
   static void kernel(int rows, int cols, int64_t kc, const float* ap, const float* bp, int64_t ldbp,
-                     bool prefetch, bool tc, float* c, int64_t ldc, int mode, float beta) {
+                     bool prefetch, bool tc, float* c, int64_t ldc, int mode, float beta,
+                     const TileEpilogue* ep) {
     const int nv = cols > 8 ? 2 : 1;
-    kKernels.k[rows - 1][nv - 1][prefetch ? 1 : 0][tc ? 1 : 0](kc, ap, bp, ldbp, c, ldc,
-                                                               cols - 8 * (nv - 1), mode, beta);
+    kKernels.k[rows - 1][nv - 1][prefetch ? 1 : 0][tc ? 1 : 0](
+        kc, ap, bp, ldbp, c, ldc, cols - 8 * (nv - 1), mode, beta, ep);
   }
   // Unpacked B rows are read in place unless the row stride aliases in L1 (multiple of 4 KiB).
   static bool direct_b_ok(int64_t ldb) { return (ldb * 4) % 4096 != 0; }

@@ -154,24 +154,35 @@ void pack_b_avx512(bool trans, const float* src, int64_t ld, int64_t nc, int64_t
   }
 }
 
-// Combines one accumulator vector with C at dst (lanes in mask) according to mode.
-inline void store_vec(float* dst, __m512 acc, __mmask16 mask, int mode, __m512 beta) {
-  if (mode == kStoreOverwrite) {
-    _mm512_mask_storeu_ps(dst, mask, acc);
-  } else if (mode == kStoreBeta) {
-    _mm512_mask_storeu_ps(dst, mask, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, dst), beta, acc));
-  } else {
-    _mm512_mask_storeu_ps(dst, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), acc));
+// Combines one accumulator vector with C at dst (lanes in mask) according to mode, then
+// applies the tile epilogue ep (if any) for C row `row` with residual lanes at res.
+inline void store_vec(float* dst, __m512 acc, __mmask16 mask, int mode, __m512 beta,
+                      const TileEpilogue* ep = nullptr, int64_t row = 0,
+                      const float* res = nullptr) {
+  __m512 v = acc;
+  if (mode == kStoreBeta) {
+    v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, dst), beta, acc);
+  } else if (mode == kStoreAccumulate) {
+    v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), acc);
   }
+  if (ep) {
+    if (ep->bias) v = _mm512_add_ps(v, _mm512_set1_ps(ep->bias[row]));
+    if (ep->residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res));
+    if (ep->relu) v = _mm512_max_ps(v, _mm512_setzero_ps());  // v > 0 ? v : +0, NaN -> 0
+  }
+  _mm512_mask_storeu_ps(dst, mask, v);
 }
 
 // R x (16*NV) micro-kernel: acc = sum_p ap[p*MR + i] * bp[p*ldbp + j], combined with C by
-// mode; the last vector's columns are limited by `last`. With PF it also prefetches the same
+// mode, then the epilogue ep if set; the last vector's columns are limited by `last`. With PF it also prefetches the same
 // rows of the next tile (bp + NR) for B read in place. With TC the tile is written
 // transposed (element (i, j) at c[j * ldc + i]) after a 16x16 in-register transpose.
 template <int R, int NV, bool PF, bool TC>
 void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restrict bp, int64_t ldbp,
-                  float* c, int64_t ldc, __mmask16 last, int mode, float beta) {
+                  float* c, int64_t ldc, __mmask16 last, int mode, float beta,
+                  const TileEpilogue* ep) {
+  const float* res = ep ? ep->residual : nullptr;  // the residual, laid out like C
+  auto res_at = [res](int64_t at) { return res ? res + at : nullptr; };
   // Loops over i and v are unrolled explicitly: GCC -O3 otherwise peels them before
   // scalarising acc and may spill the accumulators to the stack on every k step.
   __m512 acc[R][NV];
@@ -208,7 +219,10 @@ void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restric
       transpose16(t);
       const int ncols = v == NV - 1 ? __builtin_popcount(last) : 16;
 #pragma GCC unroll 16
-      for (int q = 0; q < ncols; ++q) store_vec(c + (16 * v + q) * ldc, t[q], row_mask, mode, vb);
+      for (int q = 0; q < ncols; ++q) {
+        const int64_t at = (16 * v + q) * ldc;  // C row 16v + q of the tile
+        store_vec(c + at, t[q], row_mask, mode, vb, ep, 16 * v + q, res_at(at));
+      }
     }
     return;
   }
@@ -217,12 +231,13 @@ void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restric
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v)
       store_vec(c + i * ldc + 16 * v, acc[i][v],
-                v == NV - 1 ? last : static_cast<__mmask16>(0xFFFF), mode, vb);
+                v == NV - 1 ? last : static_cast<__mmask16>(0xFFFF), mode, vb, ep, i,
+                res_at(i * ldc + 16 * v));
   }
 }
 
 using MicroKernel = void (*)(int64_t, const float*, const float*, int64_t, float*, int64_t,
-                             __mmask16, int, float);
+                             __mmask16, int, float, const TileEpilogue*);
 
 // Table of micro-kernels indexed by [rows - 1][vectors - 1][prefetch][transposed C].
 template <int... Rs>
@@ -252,12 +267,13 @@ struct Avx512Kern {
   static void pack_b(bool t, const float* s, int64_t ld, int64_t nc, int64_t kc, float* d) {
     pack_b_avx512(t, s, ld, nc, kc, d);
   }
-  // Runs the micro-kernel for a rows x cols tile.
+  // Runs the micro-kernel for a rows x cols tile (stored transposed when tc), then ep.
   static void kernel(int rows, int cols, int64_t kc, const float* ap, const float* bp, int64_t ldbp,
-                     bool prefetch, bool tc, float* c, int64_t ldc, int mode, float beta) {
+                     bool prefetch, bool tc, float* c, int64_t ldc, int mode, float beta,
+                     const TileEpilogue* ep) {
     const int nv = cols > 16 ? 2 : 1;
     kKernels.k[rows - 1][nv - 1][prefetch ? 1 : 0][tc ? 1 : 0](
-        kc, ap, bp, ldbp, c, ldc, lane_mask(cols - 16 * (nv - 1)), mode, beta);
+        kc, ap, bp, ldbp, c, ldc, lane_mask(cols - 16 * (nv - 1)), mode, beta, ep);
   }
   // Unpacked B rows are read in place unless the row stride aliases in L1 (multiple of 4 KiB).
   static bool direct_b_ok(int64_t ldb) { return (ldb * 4) % 4096 != 0; }

@@ -140,15 +140,25 @@ void pack_b_neon(bool trans, const float* src, int64_t ld, int64_t nc, int64_t k
 }
 
 // Combines one accumulator vector with the first n (1..4) floats of C at dst by mode:
-// C = acc, C = fma(C, beta, acc) or C = C + acc (the rule of gemm_pack.h).
-inline void store_vec(float* dst, float32x4_t acc, int n, int mode, float32x4_t beta) {
-  if (mode == kStoreOverwrite) {
-    store_partial(dst, acc, n);
-  } else if (mode == kStoreBeta) {
-    store_partial(dst, vfmaq_f32(acc, load_partial(dst, n), beta), n);
-  } else {
-    store_partial(dst, vaddq_f32(load_partial(dst, n), acc), n);
+// C = acc, C = fma(C, beta, acc) or C = C + acc (the rule of gemm_pack.h), then applies
+// the tile epilogue ep (if any) for C row `row` with residual lanes at res.
+inline void store_vec(float* dst, float32x4_t acc, int n, int mode, float32x4_t beta,
+                      const TileEpilogue* ep, int64_t row, const float* res) {
+  float32x4_t v = acc;
+  if (mode == kStoreBeta) {
+    v = vfmaq_f32(acc, load_partial(dst, n), beta);
+  } else if (mode == kStoreAccumulate) {
+    v = vaddq_f32(load_partial(dst, n), acc);
   }
+  if (ep) {
+    if (ep->bias) v = vaddq_f32(v, vdupq_n_f32(ep->bias[row]));
+    if (ep->residual) v = vaddq_f32(v, load_partial(res, n));
+    if (ep->relu) {  // v > 0 ? v : +0, NaN -> 0 (vmaxq_f32 would keep a NaN)
+      const uint32x4_t pos = vcgtq_f32(v, vdupq_n_f32(0.0f));
+      v = vreinterpretq_f32_u32(vandq_u32(pos, vreinterpretq_u32_f32(v)));
+    }
+  }
+  store_partial(dst, v, n);
 }
 
 // One k step of row I of the tile: acc[v] += a[I] * b[v], a[I] taken from a lane.
@@ -166,12 +176,14 @@ inline void fma_rows(float32x4_t (*acc)[NV], const float32x4_t* b, const float32
 }
 
 // R x (4*NV) micro-kernel: acc = sum_p ap[p*MR + i] * bp[p*ldbp + j] in increasing p with
-// one FMA per step, combined with C by mode; the last vector holds last_cols (1..4) valid
-// columns. With PF it also prefetches the same rows of the next tile (bp + NR) for B read
+// one FMA per step, combined with C by mode, then the epilogue ep if set; the last vector
+// holds last_cols (1..4) valid columns. With PF it also prefetches the same rows of the next tile (bp + NR) for B read
 // in place.
 template <int R, int NV, bool PF>
 void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restrict bp, int64_t ldbp,
-                  float* c, int64_t ldc, int last_cols, int mode, float beta) {
+                  float* c, int64_t ldc, int last_cols, int mode, float beta,
+                  const TileEpilogue* ep) {
+  const float* res = ep ? ep->residual : nullptr;  // the residual, laid out like C
   float32x4_t acc[R][NV];
 #pragma GCC unroll 8
   for (int i = 0; i < R; ++i)
@@ -194,12 +206,13 @@ void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restric
   for (int i = 0; i < R; ++i) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
-      store_vec(c + i * ldc + 4 * v, acc[i][v], v == NV - 1 ? last_cols : 4, mode, vb);
+      store_vec(c + i * ldc + 4 * v, acc[i][v], v == NV - 1 ? last_cols : 4, mode, vb, ep, i,
+                res ? res + i * ldc + 4 * v : nullptr);
   }
 }
 
 using MicroKernel = void (*)(int64_t, const float*, const float*, int64_t, float*, int64_t, int,
-                             int, float);
+                             int, float, const TileEpilogue*);
 
 // Table of micro-kernels indexed by [rows - 1][vectors - 1][prefetch].
 template <int... Rs>
@@ -231,12 +244,14 @@ struct NeonKern {
   static void pack_b(bool t, const float* s, int64_t ld, int64_t nc, int64_t kc, float* d) {
     pack_b_neon(t, s, ld, nc, kc, d);
   }
-  // Runs the micro-kernel for a rows x cols tile (never transposed: ALLOW_TRANSPOSED is off).
+  // Runs the micro-kernel for a rows x cols tile (never transposed: ALLOW_TRANSPOSED is off),
+  // then ep.
   static void kernel(int rows, int cols, int64_t kc, const float* ap, const float* bp, int64_t ldbp,
-                     bool prefetch, bool /*tc*/, float* c, int64_t ldc, int mode, float beta) {
+                     bool prefetch, bool /*tc*/, float* c, int64_t ldc, int mode, float beta,
+                     const TileEpilogue* ep) {
     const int nv = (cols + 3) / 4;
     kKernels.k[rows - 1][nv - 1][prefetch ? 1 : 0](kc, ap, bp, ldbp, c, ldc, cols - 4 * (nv - 1),
-                                                    mode, beta);
+                                                    mode, beta, ep);
   }
   // Unpacked B rows are read in place unless the row stride aliases in L1 (multiple of 4 KiB).
   static bool direct_b_ok(int64_t ldb) { return (ldb * 4) % 4096 != 0; }
