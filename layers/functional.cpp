@@ -376,12 +376,19 @@ Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tenso
     // Small weights (the stem, VGG16's first layer): each thread expands a few output rows
     // and multiplies them at once, so its columns go from its own cache to the kernels
     // instead of through memory, and the two threads never read each other's columns.
-    const int64_t band = fused_band_rows(k, oh, ow), bands = (oh + band - 1) / band;
+    // Bands of near-equal height (never one short band left over), as many per image as a
+    // multiple of the thread count when there is one image, so that every thread gets the
+    // same number of rows give or take one per band.
+    const int64_t cap = fused_band_rows(k, oh, ow), threads = num_threads();
+    int64_t bands = (oh + cap - 1) / cap;
+    if (n == 1 && bands % threads != 0) bands = std::min(oh, (bands + threads - 1) / threads * threads);
+    const int64_t band = (oh + bands - 1) / bands;  // the tallest band
     parallel_for(n * bands, [&](int64_t t0, int64_t t1) {
       thread_local std::vector<float> tcol;
       tcol.resize(static_cast<size_t>(k * band * ow));
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t img = t / bands, y0 = t % bands * band, y1 = std::min(oh, y0 + band);
+        const int64_t img = t / bands, b = t % bands;
+        const int64_t y0 = oh * b / bands, y1 = oh * (b + 1) / bands;
         const int64_t cols = (y1 - y0) * ow, at = img * s.out_channels * hw + y0 * ow;
         im2col_rows(x.data() + img * s.in_channels * h * wd, s.in_channels, h, wd, y0, y1, ow, s,
                     tcol.data());  // inside a parallel body: runs on this thread
