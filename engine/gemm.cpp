@@ -252,13 +252,10 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
     }
     return;
   }
-  // The orientation rule of gemm_packed(): lanes along M when N wastes more lanes (never
-  // for an owned matrix, which has only the other layout).
-  auto efficiency = [&](int64_t d) {
-    return static_cast<double>(d) / static_cast<double>((d + kern->vl - 1) / kern->vl * kern->vl);
-  };
-  const bool lanes_m = !a.owned_ && kern->lanes_m_ok && efficiency(m) > efficiency(n) + 0.08 &&
-                       n < 4 * kern->nr;
+  // The orientation rule of gemm_packed() (never lanes along M for an owned matrix, which
+  // has only the other layout).
+  const bool lanes_m = !a.owned_ && kern->lanes_m_ok &&
+                       packed_lanes_along_m(m, n, k, kern->vl, kern->nr, kern->kc, kern->tc_deep_max_kb);
   PrepackedJob job{lanes_m, a.layout(lanes_m), m, k, 0, m, 0, n, trans_b, b, ldb, beta, c, ldc,
                    epilogue};
   const int threads = threaded ? num_threads() : 1;

@@ -35,6 +35,25 @@ inline void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, co
   gemm(GemmArgs{trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc});
 }
 
+// The orientation rule of the packed kernels: whether C [m x n] of depth k is computed with
+// the vector lanes along M (C written transposed, tile by tile) rather than along N. Worth
+// it when N wastes clearly more of the vl lanes than M does and N is narrow (under 4 nr).
+// With deep_max_kb > 0, a transposed tile is re-read and re-written with masked
+// transposing stores once per k block (k cut into blocks of at most kc), which on some
+// CPUs costs more than the lanes it saves: beyond deep_max_kb blocks, lanes along M are
+// kept only when N would leave more than a quarter of the lanes idle. Either orientation
+// gives the same bits, so this choice is only about speed.
+inline bool packed_lanes_along_m(int64_t m, int64_t n, int64_t k, int64_t vl, int64_t nr, int64_t kc,
+                                 int64_t deep_max_kb) {
+  auto efficiency = [vl](int64_t d) {
+    return static_cast<double>(d) / static_cast<double>((d + vl - 1) / vl * vl);
+  };
+  const double eff_m = efficiency(m), eff_n = efficiency(n);
+  if (!(eff_m > eff_n + 0.08 && n < 4 * nr)) return false;
+  const int64_t k_blocks = (k + kc - 1) / kc;
+  return deep_max_kb <= 0 || k_blocks <= deep_max_kb || eff_n < 0.75;
+}
+
 // Per-ISA single-threaded kernels (same contract as gemm_single).
 void gemm_scalar(const GemmArgs& args);
 void gemm_avx2(const GemmArgs& args);

@@ -154,6 +154,7 @@ struct PrepackKernels {
   int64_t mr, nr, vl;        // micro-tile rows and columns, vector lanes
   int64_t kc;                // the k blocks' largest depth (K is cut into ceil(K / kc) near-equal blocks)
   bool lanes_m_ok;           // the kernels can write C transposed (lanes along M)
+  int64_t tc_deep_max_kb;    // see packed_lanes_along_m (engine/gemm.h)
   // Floats of the layout for op(A) [m x k].
   int64_t (*floats)(bool lanes_m, int64_t m, int64_t k);
   // Writes the layout of op(A) into dst (64-byte aligned, floats() long).

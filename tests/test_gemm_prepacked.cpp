@@ -149,11 +149,25 @@ TEST_SUITE("gemm_prepacked") {
         {false, false, 48, 5, 40, 0.0f, true, true, 0, true, true},
         {false, false, 37, 61, 300, 1.0f, true, false, 2, true, true},
         {false, false, 40, 3, 300, 0.0f, true, false, 0, true, true},
+        // Deep and narrow: lanes along M over five k blocks (N = 5 idles most lanes).
+        {false, false, 100, 5, 1100, 1.0f, true, true, 0, true},
     };
     int failures = 0;
     for (Isa isa : supported_isas())
       for (const Case& cs : cases) failures += check_case(rng, isa, cs);
     CHECK(failures == 0);
+  }
+
+  TEST_CASE("orientation rule: lanes along M for narrow N, not for deep GEMMs that waste few lanes") {
+    // ResNet-50's layer4 at 224x224 (N = 49) with AVX2's 8 lanes: a 3x3 (K = 4608, 18 k
+    // blocks) keeps lanes along N where deep transposed tiles cost more; a 1x1 (K = 512,
+    // 2 blocks) goes along M; N = 4 (64x64 input) goes along M at any depth.
+    CHECK_FALSE(packed_lanes_along_m(512, 49, 4608, 8, 16, 256, 2));
+    CHECK(packed_lanes_along_m(512, 49, 4608, 8, 16, 256, 0));  // no depth limit
+    CHECK(packed_lanes_along_m(512, 49, 512, 8, 16, 256, 2));
+    CHECK(packed_lanes_along_m(512, 4, 4608, 8, 16, 256, 2));
+    CHECK_FALSE(packed_lanes_along_m(512, 64, 512, 8, 16, 256, 0));  // N wastes no lane
+    CHECK_FALSE(packed_lanes_along_m(50, 49, 512, 8, 16, 256, 0));   // M wastes as many
   }
 
   TEST_CASE("random shapes, both layouts, every ISA") {

@@ -90,15 +90,11 @@ inline const float* op_b_at(const GemmArgs& g, int64_t p, int64_t j) {
   return g.trans_b ? g.b + j * g.ldb + p : g.b + p * g.ldb + j;
 }
 
-// Fraction of vector lanes doing useful work when a C dimension of size d is laid over
-// vectors of `width` lanes.
-inline double lane_efficiency(int64_t d, int64_t width) {
-  return static_cast<double>(d) / static_cast<double>((d + width - 1) / width * width);
-}
-
 // Packed GEMM driver for one orientation. Kern supplies:
 //   MR, NR, VL        micro-tile rows / columns (NR a multiple of the vector width VL)
 //   ALLOW_TRANSPOSED  whether kernel() supports tc (and gemm_packed may transpose the problem)
+//   TC_DEEP_MAX_KB    k blocks beyond which transposed tiles cost more than they save
+//                     (0: never; see packed_lanes_along_m)
 //   KC, MC            k block and rows of A per L2 block (MC a multiple of MR)
 //   NC_BIG, NC_SMALL  columns of B per packed block when A has several / one row block
 //   NC_DIRECT         columns per block when B is read in place
@@ -228,8 +224,7 @@ void gemm_packed(const GemmArgs& g) {
     return;
   }
   if constexpr (Kern::ALLOW_TRANSPOSED) {
-    const double eff_n = lane_efficiency(g.n, Kern::VL), eff_m = lane_efficiency(g.m, Kern::VL);
-    if (eff_m > eff_n + 0.08 && g.n < 4 * Kern::NR) {
+    if (packed_lanes_along_m(g.m, g.n, g.k, Kern::VL, Kern::NR, Kern::KC, Kern::TC_DEEP_MAX_KB)) {
       GemmArgs t = g;
       t.m = g.n;
       t.n = g.m;

@@ -217,6 +217,7 @@ PrepackKernels make_prepack_kernels() {
                         Kern::VL,
                         Kern::KC,
                         Kern::ALLOW_TRANSPOSED,
+                        Kern::TC_DEEP_MAX_KB,
                         &prepacked_floats<Kern>,
                         &prepack_matrix<Kern>,
                         &run_prepacked<Kern>};

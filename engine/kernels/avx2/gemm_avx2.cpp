@@ -250,6 +250,7 @@ struct Avx2Kern {
   static constexpr int64_t MR = kMR, NR = kNR, VL = 8, KC = 256, MC = 120, NC_BIG = 2048,
                            NC_SMALL = 512, NC_DIRECT = 1024;
   static constexpr bool ALLOW_TRANSPOSED = true;
+  static constexpr int64_t TC_DEEP_MAX_KB = 2;  // masked transposing stores are slow on AMD: deep GEMMs keep lanes along N
   // Packs a block of A into micro-panels.
   static void pack_a(bool t, const float* s, int64_t ld, int64_t mc, int64_t np, int64_t kc,
                      float* d) {

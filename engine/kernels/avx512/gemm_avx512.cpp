@@ -258,6 +258,7 @@ struct Avx512Kern {
   static constexpr int64_t MR = kMR, NR = kNR, VL = 16, KC = 256, MC = 240, NC_BIG = 2048,
                            NC_SMALL = 512, NC_DIRECT = 1024;
   static constexpr bool ALLOW_TRANSPOSED = true;
+  static constexpr int64_t TC_DEEP_MAX_KB = 0;  // mask registers make transposed tiles cheap at any depth
   // Packs a block of A into micro-panels.
   static void pack_a(bool t, const float* s, int64_t ld, int64_t mc, int64_t np, int64_t kc,
                      float* d) {

@@ -235,6 +235,7 @@ struct NeonKern {
   // Lanes always lie along N: with 4-lane vectors a transposed orientation would rarely
   // save a lane and would need a transposing store.
   static constexpr bool ALLOW_TRANSPOSED = false;
+  static constexpr int64_t TC_DEEP_MAX_KB = 0;  // unused: no transposed tiles
   // Packs a block of A into micro-panels.
   static void pack_a(bool t, const float* s, int64_t ld, int64_t mc, int64_t np, int64_t kc,
                      float* d) {
