@@ -118,18 +118,15 @@ int run_bench(const BenchArgs& a) {
   std::vector<std::string> stage_names;
   std::vector<std::vector<double>> stage_ms;
   if (a.stages) {
-    size_t next = 0;  // position in stage_names during a pass
     model->set_stage_timer([&](const std::string& name, double seconds) {
-      if (next == 0 || next >= stage_names.size() || stage_names[next] != name) {
-        auto it = std::find(stage_names.begin(), stage_names.end(), name);
-        next = static_cast<size_t>(it - stage_names.begin());
-        if (it == stage_names.end()) {
-          stage_names.push_back(name);
-          stage_ms.emplace_back();
-        }
+      // A stage runs once per pass: a name not seen yet is the next stage in order.
+      const size_t i = static_cast<size_t>(
+          std::find(stage_names.begin(), stage_names.end(), name) - stage_names.begin());
+      if (i == stage_names.size()) {
+        stage_names.push_back(name);
+        stage_ms.emplace_back();
       }
-      stage_ms[next++].push_back(1e3 * seconds);
-      if (next == stage_names.size()) next = 0;
+      stage_ms[i].push_back(1e3 * seconds);
     });
   }
   // Tensor memory: what stays between passes (weights, packed filters, optimizer state)
