@@ -140,8 +140,7 @@ int run_bench(const BenchArgs& a) {
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   model->set_stage_timer(nullptr);
-  std::vector<double> sorted = ms;
-  std::sort(sorted.begin(), sorted.end());
+  const auto [fastest, slowest] = std::minmax_element(ms.begin(), ms.end());
   const double median = median_of(ms);
   std::vector<double> stage_median;
   for (const auto& v : stage_ms) stage_median.push_back(median_of(v));
@@ -165,8 +164,8 @@ int run_bench(const BenchArgs& a) {
     }
     j["iters"] = a.iters;
     j["median_ms"] = median;
-    j["min_ms"] = sorted.front();
-    j["max_ms"] = sorted.back();
+    j["min_ms"] = *fastest;
+    j["max_ms"] = *slowest;
     j["images_per_s"] = median > 0 ? 1000.0 * B / median : 0.0;
     j["peak_rss_bytes"] = peak;
     j["weights_bytes"] = weights;
@@ -186,7 +185,7 @@ int run_bench(const BenchArgs& a) {
               "peak RSS %.1f MB (weights %.1f MB); tensors %.1f MB between passes, peak %.1f MB "
               "(+%.1f MB during a pass)\n",
               a.model.c_str(), a.mode.c_str(), a.input_size, a.input_size, a.batch, num_threads(),
-              onednn ? ("oneDNN " + onednn_version_text()).c_str() : isa_name(active_isa()).c_str(), median, sorted.front(), sorted.back(),
+              onednn ? ("oneDNN " + onednn_version_text()).c_str() : isa_name(active_isa()).c_str(), median, *fastest, *slowest,
               median > 0 ? 1000.0 * B / median : 0.0, peak / 1e6, weights / 1e6, resident / 1e6,
               tensor_peak / 1e6, (static_cast<double>(tensor_peak) - resident) / 1e6);
   if (a.stages) {

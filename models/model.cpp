@@ -69,7 +69,7 @@ Var Model::forward(Tape* tape, const Var& x, const Observer& observe,
           v = y;
           i += 2;
           Stage& last = stages_[i];
-          timed(s.name + "+" + stages_[i - 1].name + "+" + last.name);
+          if (stage_timer_) timed(s.name + "+" + stages_[i - 1].name + "+" + last.name);
           if (last.cut && !last.hidden) {
             if (observe) observe(last.name, v);
             if (last.name == stop_after) return v;
