@@ -226,7 +226,7 @@ void apply_epilogue(const GemmEpilogue& e, int64_t m, int64_t n, float* c, int64
 
 void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const float* b,
                         int64_t ldb, float beta, float* c, int64_t ldc,
-                        const GemmEpilogue& epilogue, bool threaded) {
+                        const GemmEpilogue& epilogue, bool threaded, bool b_packed) {
   const int64_t m = a.m_, k = a.k_;
   if (m <= 0 || n <= 0) return;
   const Isa isa = active_isa();
@@ -234,6 +234,9 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
     throw Error("gemm_prepacked: matrix packed for " + isa_name(a.isa_) + " kernels, active ISA is " +
                 isa_name(isa));
   const PrepackKernels* kern = prepack_kernels(isa);
+  if (b_packed && (!kern || !a.owned_ || trans_b || ldb % kern->nr != 0 || ldb < n))
+    throw Error("gemm_prepacked: a packed B needs an owned matrix, the active ISA's prepacked "
+                "kernels and a row of whole tiles");
   if (!kern || isa != a.isa_) {
     // No layout for this ISA (scalar kernels, or the ISA was switched since packing).
     Tensor copy;  // the source unpacked, once released
@@ -254,10 +257,10 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
   }
   // The orientation rule of gemm_packed() (never lanes along M for an owned matrix, which
   // has only the other layout).
-  const bool lanes_m = !a.owned_ && kern->lanes_m_ok &&
+  const bool lanes_m = !a.owned_ && !b_packed && kern->lanes_m_ok &&
                        packed_lanes_along_m(m, n, k, kern->vl, kern->nr, kern->kc, kern->tc_deep_max_kb);
   PrepackedJob job{lanes_m, a.layout(lanes_m), m, k, 0, m, 0, n, trans_b, b, ldb, beta, c, ldc,
-                   epilogue};
+                   epilogue, b_packed};
   const int threads = threaded ? num_threads() : 1;
   if (threads <= 1 || 2.0 * m * n * k < 2e5) {
     kern->run(job);
@@ -291,13 +294,26 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
 
 void gemm_prepacked(const PackedMatrix& a, bool trans_b, int64_t n, const float* b, int64_t ldb,
                     float beta, float* c, int64_t ldc, const GemmEpilogue& epilogue) {
-  run_prepacked_gemm(a, trans_b, n, b, ldb, beta, c, ldc, epilogue, true);
+  run_prepacked_gemm(a, trans_b, n, b, ldb, beta, c, ldc, epilogue, true, false);
 }
 
 void gemm_prepacked_single(const PackedMatrix& a, bool trans_b, int64_t n, const float* b,
                            int64_t ldb, float beta, float* c, int64_t ldc,
                            const GemmEpilogue& epilogue) {
-  run_prepacked_gemm(a, trans_b, n, b, ldb, beta, c, ldc, epilogue, false);
+  run_prepacked_gemm(a, trans_b, n, b, ldb, beta, c, ldc, epilogue, false, false);
+}
+
+PackedBLayout packed_b_layout(int64_t k, int64_t n) {
+  const PrepackKernels* kern = prepack_kernels(active_isa());
+  if (!kern) throw Error("packed_b_layout: " + isa_name(active_isa()) + " has no prepacked kernels");
+  const int64_t nr = kern->nr;
+  return PackedBLayout{k, std::max<int64_t>(1, (k + kern->kc - 1) / kern->kc), nr,
+                       std::max<int64_t>(nr, (n + nr - 1) / nr * nr)};
+}
+
+void gemm_prepacked_single_packed_b(const PackedMatrix& a, int64_t n, const float* b, int64_t ldb,
+                                    float beta, float* c, int64_t ldc) {
+  run_prepacked_gemm(a, false, n, b, ldb, beta, c, ldc, GemmEpilogue{}, false, true);
 }
 
 }  // namespace isplit

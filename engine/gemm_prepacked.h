@@ -95,7 +95,7 @@ class PackedMatrix {
 
  private:
   friend void run_prepacked_gemm(const PackedMatrix&, bool, int64_t, const float*, int64_t, float,
-                                 float*, int64_t, const GemmEpilogue&, bool);
+                                 float*, int64_t, const GemmEpilogue&, bool, bool);
   // The layout for lanes along M (lanes_m) or along N, packed on first use.
   const float* layout(bool lanes_m) const;
   // Floats spanned by the source matrix (its last element's offset + 1).
@@ -126,6 +126,32 @@ void gemm_prepacked_single(const PackedMatrix& a, bool trans_b, int64_t n, const
                            int64_t ldb, float beta, float* c, int64_t ldc,
                            const GemmEpilogue& epilogue = {});
 
+// The "packed B" layout of a K x N right operand: the layout the panel kernels of an ISA
+// read in place, with no copy per call. K is cut into the kernels' k blocks; block
+// [p0, p0 + kc) starts at p0 * ldb and holds the NR-column tiles one after another, each
+// kc rows of NR floats. ldb is N rounded up to NR; the columns past N are never stored
+// from, so they may hold anything.
+struct PackedBLayout {
+  int64_t k, blocks, nr, ldb;
+  // Offset of element (p, j).
+  int64_t offset(int64_t p, int64_t j) const {
+    int64_t b = p * blocks / k;  // start(b) <= p < start(b + 1), start(b) = k * b / blocks
+    while (k * (b + 1) / blocks <= p) ++b;
+    while (k * b / blocks > p) --b;
+    const int64_t p0 = k * b / blocks, kc = k * (b + 1) / blocks - p0;
+    return p0 * ldb + j / nr * nr * kc + (p - p0) * nr + j % nr;
+  }
+  // Floats of the whole layout.
+  int64_t floats() const { return k * ldb; }
+};
+// The packed-B layout of a K x N operand for the active ISA's prepacked kernels; throws
+// when that ISA has none (scalar).
+PackedBLayout packed_b_layout(int64_t k, int64_t n);
+// gemm_prepacked_single with B (K x N) already in the packed-B layout of packed_b_layout
+// (ldb as given there), for a matrix made by pack_owned for the active ISA.
+void gemm_prepacked_single_packed_b(const PackedMatrix& a, int64_t n, const float* b, int64_t ldb,
+                                    float beta, float* c, int64_t ldc);
+
 // Whether layers prepared for inference pack their GEMM weights (default on;
 // ISPLIT_PREPACK=0 in the environment turns it off, e.g. to save the memory).
 bool gemm_prepack_enabled();
@@ -149,6 +175,8 @@ struct PrepackedJob {
   float* c;
   int64_t ldc;
   GemmEpilogue epilogue;
+  bool b_packed = false;  // B in the packed-B layout (PackedBLayout; ldb its row floats,
+                          // n0 a multiple of NR, lanes along N only)
 };
 struct PrepackKernels {
   int64_t mr, nr, vl;        // micro-tile rows and columns, vector lanes

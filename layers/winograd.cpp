@@ -383,10 +383,11 @@ constexpr int64_t kPositionPad = 16;
 // the output channels are cut into blocks of a few panels, and per block each row of six
 // positions is transformed (filter_row) and multiplied while it is in L2. Each product
 // element gets the FMAs, in the order, of a GEMM with the whole U (the k blocks are the
-// same), so the cut never changes a bit.
+// same), so the cut never changes a bit. V is [Cin][stride] per position, or in the
+// packed-B layout when packed_v.
 void streamed_products(const WinogradFilter& f, const WinogradKernels& kern,
                        const PrepackKernels& pk, int64_t count, const float* vd, int64_t stride,
-                       int64_t vpos, float* md, int64_t mpos) {
+                       bool packed_v, int64_t vpos, float* md, int64_t mpos) {
   const int64_t cout = f.out_channels, cin = f.in_channels, mr = f.mr;
   const TapLayout lay{(cout + mr - 1) / mr, mr};
   const int64_t panels = lay.panels;
@@ -421,7 +422,7 @@ void streamed_products(const WinogradFilter& f, const WinogradKernels& kern,
           const int64_t xi = ri * 6 + j;
           PrepackedJob job{false, u + j * one, rows, cin, 0, rows, 0, count, false,
                            vd + xi * vpos, stride, 0.0f, md + xi * mpos + q0 * mr * stride,
-                           stride, GemmEpilogue{}};
+                           stride, GemmEpilogue{}, packed_v};
           pk.run(job);
         }
       }
@@ -437,8 +438,16 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
   const int64_t cout = s.out_channels, oh = os[2], ow = os[3];
   const TileGeometry geo{((oh + 3) / 4) * ((ow + 3) / 4), (ow + 3) / 4};
   const int64_t tiles = n * geo.per_image;
-  const int64_t tb = tile_block(cin, cout, tiles), stride = (tb + L - 1) / L * L;
-  // Scratch from the tensor block cache: transformed inputs [36][Cin][stride] and
+  const Isa isa = active_isa();
+  // The transformed inputs are written straight into the layout the GEMM kernels read B
+  // in (packed B), when their tiles hold whole lane groups: no copy of B per GEMM call.
+  const PrepackKernels* pk = prepack_kernels(isa);
+  const bool packed_v = pk && pk->nr % L == 0;
+  const int64_t unit = packed_v ? pk->nr : L;
+  const int64_t tb = tile_block(cin, cout, tiles), stride = (tb + unit - 1) / unit * unit;
+  const PackedBLayout vlay = packed_v ? packed_b_layout(cin, stride) : PackedBLayout{};
+  // Scratch from the tensor block cache: transformed inputs [36][Cin][stride] (each
+  // position's Cin x stride in the packed-B layout when packed_v) and
   // products [36][Cout][stride] of one block of tiles, position xi at xi * vpos and
   // xi * mpos. Without the pad those were multiples of 4 KiB (channel counts are multiples
   // of 64), so the 36 vectors a transform reads or writes fell into one L1 set, and
@@ -446,7 +455,6 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
   const int64_t vpos = cin * stride + kPositionPad, mpos = cout * stride + kPositionPad;
   Tensor vbuf = Tensor::empty({kPositions * vpos});
   Tensor mbuf = Tensor::empty({kPositions * mpos});
-  const Isa isa = active_isa();
   if (f.isa != isa || (!f.streamed() && f.positions.size() != static_cast<size_t>(kPositions)))
     throw Error("winograd: filters were packed for " + isa_name(f.isa) +
                 " kernels but the active ISA is " + isa_name(isa) + "; transform them again");
@@ -465,18 +473,23 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
         const int64_t c = item / groups, g = item % groups;
         gather_group(xd, cin, c, h, w, s.pad_h, s.pad_w, pieces + bp.first[g],
                      pieces + bp.first[g + 1], std::min(L, count - g * L), kern, band, patch);
-        kern.input16(patch, vd + c * stride + g * L, vpos);
+        kern.input16(patch, vd + (packed_v ? vlay.offset(c, g * L) : c * stride + g * L), vpos);
       }
     });
     if (f.streamed())
-      streamed_products(f, kern, *prepack_kernels(isa), count, vd, stride, vpos, md, mpos);
+      streamed_products(f, kern, *pk, count, vd, stride, packed_v, vpos, md, mpos);
     else
       // One GEMM per transform position: products[xi] = U[xi] (Cout x Cin) * V[xi] (Cin x tiles).
       parallel_for(kPositions, [&](int64_t lo, int64_t hi) {
-        for (int64_t xi = lo; xi < hi; ++xi)
-          gemm_prepacked_single(*f.positions[static_cast<size_t>(xi)], false, count,
-                                vd + xi * vpos, stride, 0.0f, md + xi * mpos,
-                                stride);
+        for (int64_t xi = lo; xi < hi; ++xi) {
+          const PackedMatrix& u = *f.positions[static_cast<size_t>(xi)];
+          if (packed_v)
+            gemm_prepacked_single_packed_b(u, count, vd + xi * vpos, stride, 0.0f,
+                                           md + xi * mpos, stride);
+          else
+            gemm_prepacked_single(u, false, count, vd + xi * vpos, stride, 0.0f, md + xi * mpos,
+                                  stride);
+        }
       });
     parallel_for(cout * groups, [&](int64_t lo, int64_t hi) {
       alignas(64) float out[16 * L];

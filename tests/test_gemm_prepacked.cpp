@@ -16,6 +16,7 @@
 #include "engine/gemm.h"
 #include "engine/gemm_prepacked.h"
 #include "engine/parallel.h"
+#include "engine/tensor.h"
 
 using namespace isplit;
 
@@ -184,6 +185,64 @@ TEST_SUITE("gemm_prepacked") {
         failures += check_case(rng, isa, cs);
       }
     CHECK(failures == 0);
+  }
+
+  TEST_CASE("B in the packed-B layout gives the bits of B in place") {
+    Restore restore;
+    set_num_threads(1);
+    std::mt19937 rng(77);
+    std::uniform_int_distribution<int64_t> rows(1, 140), cols(1, 300), depth(1, 700);
+    int checked = 0;
+    for (Isa isa : supported_isas()) {
+      set_active_isa(isa);
+      if (!prepack_kernels(isa)) {
+        CHECK_THROWS_AS(packed_b_layout(10, 10), Error);
+        continue;
+      }
+      for (int trial = 0; trial < 25; ++trial) {
+        // Depths past 256 give several k blocks; odd widths give ragged last tiles.
+        const int64_t m = rows(rng), n = cols(rng), k = trial == 0 ? 513 : depth(rng);
+        const std::vector<float> a = random_vector(rng, static_cast<size_t>(m * k));
+        const std::vector<float> b = random_vector(rng, static_cast<size_t>(k * n));
+        const auto packed = PackedMatrix::pack_owned(false, m, k, a.data(), k);
+        const PackedBLayout lay = packed_b_layout(k, n);
+        REQUIRE(lay.ldb % prepack_kernels(isa)->nr == 0);
+        REQUIRE(lay.ldb >= n);
+        // Columns past n hold NaN: they must never reach C.
+        std::vector<float> bp(static_cast<size_t>(lay.floats()),
+                              std::numeric_limits<float>::quiet_NaN());
+        std::vector<char> seen(bp.size(), 0);
+        int64_t misplaced = 0;  // offsets out of range or given twice
+        for (int64_t p = 0; p < k; ++p)
+          for (int64_t j = 0; j < n; ++j) {
+            const int64_t o = lay.offset(p, j);
+            if (o < 0 || o >= lay.floats() || seen[static_cast<size_t>(o)]) {
+              ++misplaced;
+              continue;
+            }
+            seen[static_cast<size_t>(o)] = 1;
+            bp[static_cast<size_t>(o)] = b[static_cast<size_t>(p * n + j)];
+          }
+        REQUIRE(misplaced == 0);
+        std::vector<float> expect(static_cast<size_t>(m * n)), got(expect.size(), -7.0f);
+        gemm_prepacked_single(*packed, false, n, b.data(), n, 0.0f, expect.data(), n);
+        gemm_prepacked_single_packed_b(*packed, n, bp.data(), lay.ldb, 0.0f, got.data(), n);
+        CHECK_MESSAGE(std::memcmp(got.data(), expect.data(), got.size() * sizeof(float)) == 0,
+                      isa_name(isa) << " m=" << m << " n=" << n << " k=" << k);
+        ++checked;
+      }
+      // A row that is not whole tiles, or a matrix that is not owned, is refused.
+      const std::vector<float> a(64 * 64, 1.0f), b(64 * 64, 1.0f);
+      std::vector<float> c(64 * 64);
+      const auto owned = PackedMatrix::pack_owned(false, 64, 64, a.data(), 64);
+      const PackedMatrix plain(false, 64, 64, a.data(), 64);
+      const int64_t ldb = packed_b_layout(64, 64).ldb;
+      CHECK_THROWS_AS(gemm_prepacked_single_packed_b(*owned, 64, b.data(), ldb + 1, 0.0f, c.data(), 64),
+                      Error);
+      CHECK_THROWS_AS(gemm_prepacked_single_packed_b(plain, 64, b.data(), ldb, 0.0f, c.data(), 64),
+                      Error);
+    }
+    CHECK(checked > 0);
   }
 
   TEST_CASE("a matrix packed under one ISA still computes after the ISA changes") {

@@ -109,6 +109,24 @@ void run_prepacked_panels(const PrepackedJob& g) {
   // Panels per L2 block: as many as fill the MC x KC budget of gemm_packed() at this
   // depth (a shallow k leaves room for more rows, and B can then be read in place).
   const int64_t block_panels = std::max<int64_t>(MC / MR, MC * KC / (MR * kc_cap));
+  if (g.b_packed) {
+    // B is already in the packed-B layout: every tile is read where it is, in blocks of
+    // columns that keep C in L2 across the k blocks.
+    const int64_t t0 = g.n0 / NR, nt = (g.n1 - t0 * NR + NR - 1) / NR;
+    const int64_t nc_max = pb - pa <= block_panels ? Kern::NC_SMALL : Kern::NC_BIG;
+    const int64_t ntb = (nt * NR + nc_max - 1) / nc_max;
+    for (int64_t jb = 0; jb < ntb; ++jb) {
+      const int64_t ta = t0 + part_begin(nt, ntb, jb), tz = t0 + part_begin(nt, ntb, jb + 1);
+      const int64_t j0 = ta * NR, nc = std::min(g.n1, tz * NR) - j0;
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const int64_t p0 = part_begin(k, nkb, kb), kc = part_begin(k, nkb, kb + 1) - p0;
+        const float* bp = g.b + p0 * g.ldb + ta * NR * kc;
+        for (int64_t q0 = pa; q0 < pb; q0 += block_panels)
+          compute(q0, std::min(pb, q0 + block_panels), j0, nc, kb, bp, NR * kc, NR, false);
+      }
+    }
+    return;
+  }
   if (pb - pa <= block_panels && !g.trans_b && (g.r1 - g.r0 <= MR || Kern::direct_b_ok(g.ldb))) {
     // The job's panels fit one L2 block: B is read in place (see gemm_packed_oriented);
     // only a ragged last tile is copied.
