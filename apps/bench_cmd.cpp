@@ -52,7 +52,7 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
                 "also time every stage of the forward pass (native backend; median ms per stage)");
   cmd->add_option("--winograd", a.winograd, "3x3 convolutions by Winograd: on, off or auto (default: ISPLIT_WINOGRAD, else auto)");
   cmd->add_option("--winograd-filters", a.winograd_filters,
-                  "Winograd filters stored transformed (faster) or streamed from the weights (a quarter of the memory) (default: ISPLIT_WINOGRAD_FILTERS, else stored)")
+                  "Winograd filters streamed from the weights (a quarter of the memory) or stored transformed (4x the weights, faster on few tiles) (default: ISPLIT_WINOGRAD_FILTERS, else streamed)")
       ->check(CLI::IsMember({"stored", "streamed"}));
   cmd->add_option("--prepack", a.prepack, "GEMM weights packed once for inference: on or off (default: ISPLIT_PREPACK, else on)")
       ->check(CLI::IsMember({"on", "off"}));

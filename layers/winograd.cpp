@@ -32,7 +32,7 @@ std::atomic<int>& mode_slot() {
 }
 
 std::atomic<int>& filters_slot() {
-  static std::atomic<int> slot{setting_from_env("ISPLIT_WINOGRAD_FILTERS", WinogradFilters::Stored,
+  static std::atomic<int> slot{setting_from_env("ISPLIT_WINOGRAD_FILTERS", WinogradFilters::Streamed,
                                                 &parse_winograd_filters)};
   return slot;
 }

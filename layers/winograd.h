@@ -43,10 +43,11 @@ struct WinogradFilter {
 };
 
 // Which form new Winograd filters take (ISPLIT_WINOGRAD_FILTERS=stored / streamed sets the
-// default): stored is faster, streamed holds a quarter of the memory. Where the active ISA
+// default): streamed holds a quarter of the memory and is the default; stored can be
+// faster where U is used on few tiles (VGG16's 512-channel layers). Where the active ISA
 // has no packed GEMM kernels filters are stored whatever the mode.
 enum class WinogradFilters { Stored, Streamed };
-// The current form (default: the ISPLIT_WINOGRAD_FILTERS variable, else Stored).
+// The current form (default: the ISPLIT_WINOGRAD_FILTERS variable, else Streamed).
 WinogradFilters winograd_filters_mode();
 // Overrides the form for filters made from now on (tests, benchmarks, --winograd-filters).
 void set_winograd_filters_mode(WinogradFilters form);
