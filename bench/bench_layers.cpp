@@ -84,7 +84,9 @@ void bm_layer(benchmark::State& state, LayerShape c, int64_t hw, Step step) {
       benchmark::DoNotOptimize(y.data());
     } else {
       isplit::Tape tape = isplit::Tape::activations_only();
-      isplit::Var y = conv.forward(&tape, tape.input(x));
+      // The input wants its gradient, as every layer's input but the image's does in the
+      // importance pass; without it the backward would skip the data gradient.
+      isplit::Var y = conv.forward(&tape, tape.input(x, /*requires_grad=*/true));
       tape.backward(y, gy);
     }
     benchmark::ClobberMemory();
