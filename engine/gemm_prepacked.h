@@ -135,9 +135,8 @@ struct PackedBLayout {
   int64_t k, blocks, nr, ldb;
   // Offset of element (p, j).
   int64_t offset(int64_t p, int64_t j) const {
-    int64_t b = p * blocks / k;  // start(b) <= p < start(b + 1), start(b) = k * b / blocks
-    while (k * (b + 1) / blocks <= p) ++b;
-    while (k * b / blocks > p) --b;
+    // Block b starts at k * b / blocks; p's block is the last b with k * b < (p + 1) * blocks.
+    const int64_t b = ((p + 1) * blocks - 1) / k;
     const int64_t p0 = k * b / blocks, kc = k * (b + 1) / blocks - p0;
     return p0 * ldb + j / nr * nr * kc + (p - p0) * nr + j % nr;
   }
