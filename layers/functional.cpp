@@ -19,8 +19,19 @@ void require4(const Tensor& x, const char* op) {
     throw Error(std::string(op) + ": expected a 4-d NCHW tensor, got " + shape_str(x.shape()));
 }
 
-// Copies the receptive fields of output rows [y0, y1) of one image and one group into
-// col [K, (y1-y0)*OW], K = (Cin/g) * kh * kw; out-of-image taps are zero.
+// The output columns [lo, hi) of a row whose tap column j reads inside an input row of
+// width w (ix = x0 * stride_w + off in [0, w)), and that offset off.
+struct ColSpan {
+  int64_t lo, hi, off;
+};
+// The ColSpan of tap column j.
+inline ColSpan col_span(int64_t j, int64_t w, int64_t ow, const Conv2dSpec& s) {
+  const int64_t off = j * s.dil_w - s.pad_w, sw = s.stride_w;
+  const int64_t lo = std::clamp<int64_t>(off >= 0 ? 0 : (-off + sw - 1) / sw, 0, ow);
+  const int64_t hi = std::clamp<int64_t>(w - off <= 0 ? 0 : (w - off + sw - 1) / sw, lo, ow);
+  return {lo, hi, off};
+}
+
 // Writes output row y of tap (i, j) of one channel xc [h, w] into drow [ow]; taps outside
 // the image are zero.
 inline void im2col_row(const float* xc, int64_t h, int64_t w, int64_t y, int64_t i, int64_t j,
@@ -30,31 +41,37 @@ inline void im2col_row(const float* xc, int64_t h, int64_t w, int64_t y, int64_t
     std::fill(drow, drow + ow, 0.0f);
     return;
   }
-  const float* xrow = xc + iy * w;
-  const int64_t off = j * s.dil_w - s.pad_w;
+  const ColSpan c = col_span(j, w, ow, s);
+  const float* src = xc + iy * w;
+  std::fill(drow, drow + c.lo, 0.0f);
   if (s.stride_w == 1) {
-    // Contiguous run: zero the edges, copy the middle.
-    const int64_t lo = std::clamp<int64_t>(-off, 0, ow);
-    const int64_t hi = std::clamp<int64_t>(w - off, lo, ow);
-    std::fill(drow, drow + lo, 0.0f);
-    std::copy(xrow + lo + off, xrow + hi + off, drow + lo);
-    std::fill(drow + hi, drow + ow, 0.0f);
+    std::copy(src + c.lo + c.off, src + c.hi + c.off, drow + c.lo);  // a contiguous run
+  } else if (s.stride_w == 2) {  // a constant stride the compiler vectorises (the stem, downsampling)
+    for (int64_t x0 = c.lo; x0 < c.hi; ++x0) drow[x0] = src[2 * x0 + c.off];
   } else {
-    // Strided: outputs [lo, hi) read inside the row (ix = x0 * stride + off in [0, w)).
-    const int64_t sw = s.stride_w;
-    const int64_t lo = std::clamp<int64_t>(off >= 0 ? 0 : (-off + sw - 1) / sw, 0, ow);
-    const int64_t hi = std::clamp<int64_t>(w - off <= 0 ? 0 : (w - off + sw - 1) / sw, lo, ow);
-    std::fill(drow, drow + lo, 0.0f);
-    const float* src = xrow + off;
-    if (sw == 2) {  // a constant stride the compiler vectorises (the stem, downsampling)
-      for (int64_t x0 = lo; x0 < hi; ++x0) drow[x0] = src[2 * x0];
-    } else {
-      for (int64_t x0 = lo; x0 < hi; ++x0) drow[x0] = src[x0 * sw];
-    }
-    std::fill(drow + hi, drow + ow, 0.0f);
+    for (int64_t x0 = c.lo; x0 < c.hi; ++x0) drow[x0] = src[x0 * s.stride_w + c.off];
+  }
+  std::fill(drow + c.hi, drow + ow, 0.0f);
+}
+
+// Adds srow [ow], output row y of tap (i, j), into the rows of gc [h, w] it was read from
+// (the adjoint of im2col_row). Each gc element gets its terms in the order of the calls.
+inline void col2im_row_add(const float* srow, int64_t h, int64_t w, int64_t y, int64_t i,
+                           const ColSpan& c, const Conv2dSpec& s, float* gc) {
+  const int64_t iy = y * s.stride_h - s.pad_h + i * s.dil_h;
+  if (iy < 0 || iy >= h) return;
+  float* g = gc + iy * w;
+  if (s.stride_w == 1) {
+    for (int64_t x0 = c.lo; x0 < c.hi; ++x0) g[x0 + c.off] += srow[x0];
+  } else if (s.stride_w == 2) {
+    for (int64_t x0 = c.lo; x0 < c.hi; ++x0) g[2 * x0 + c.off] += srow[x0];
+  } else {
+    for (int64_t x0 = c.lo; x0 < c.hi; ++x0) g[x0 * s.stride_w + c.off] += srow[x0];
   }
 }
 
+// Copies the receptive fields of output rows [y0, y1) of one image and one group into
+// col [K, (y1-y0)*OW], K = (Cin/g) * kh * kw; out-of-image taps are zero.
 void im2col_rows(const float* x, int64_t channels, int64_t h, int64_t w, int64_t y0, int64_t y1,
                  int64_t ow, const Conv2dSpec& s, float* col) {
   const int64_t taps = s.kh * s.kw, rows = y1 - y0;
@@ -104,19 +121,9 @@ void col2im_add(const float* col, int64_t channels, int64_t h, int64_t w, int64_
     for (int64_t c = b; c < e; ++c) {
       float* gc = gx + c * h * w;
       for (int64_t t = 0; t < taps; ++t) {
-        const int64_t i = t / s.kw, j = t % s.kw;
+        const ColSpan span = col_span(t % s.kw, w, ow, s);
         const float* src = col + (c * taps + t) * oh * ow;
-        for (int64_t y = 0; y < oh; ++y) {
-          const int64_t iy = y * s.stride_h - s.pad_h + i * s.dil_h;
-          if (iy < 0 || iy >= h) continue;
-          float* grow = gc + iy * w;
-          const float* srow = src + y * ow;
-          const int64_t off = j * s.dil_w - s.pad_w;
-          for (int64_t x0 = 0; x0 < ow; ++x0) {
-            const int64_t ix = x0 * s.stride_w + off;
-            if (ix >= 0 && ix < w) grow[ix] += srow[x0];
-          }
-        }
+        for (int64_t y = 0; y < oh; ++y) col2im_row_add(src + y * ow, h, w, y, t / s.kw, span, s, gc);
       }
     }
   });
@@ -232,16 +239,9 @@ void col2im_add_batch(const float* gcol, int64_t img0, int64_t nb, int64_t oh, i
       for (int64_t im = 0; im < nb; ++im) {
         float* gc = gx.data() + ((img0 + im) * cin + c) * h * w;
         for (int64_t t = 0; t < taps; ++t) {
-          const int64_t i = t / s.kw, j = t % s.kw;
+          const ColSpan span = col_span(t % s.kw, w, ow, s);
           const float* src = gcol + (c * taps + t) * ld + im * hw;
-          for (int64_t y = 0; y < oh; ++y) {
-            const int64_t iy = y * s.stride_h - s.pad_h + i * s.dil_h;
-            if (iy < 0 || iy >= h) continue;
-            for (int64_t x0 = 0; x0 < ow; ++x0) {
-              const int64_t ix = x0 * s.stride_w - s.pad_w + j * s.dil_w;
-              if (ix >= 0 && ix < w) gc[iy * w + ix] += src[y * ow + x0];
-            }
-          }
+          for (int64_t y = 0; y < oh; ++y) col2im_row_add(src + y * ow, h, w, y, t / s.kw, span, s, gc);
         }
       }
   });
