@@ -213,7 +213,9 @@ TEST_SUITE("gemm") {
                           {64, 3136, 300, 5, 1000},
                           {250, 100, 40, 241, 33},
                           {13, 40, 600, 1, 7},
-                          {2048, 49, 64, 1000, 48}};
+                          {2048, 49, 64, 1000, 48},
+                          // a one-row block (the GEMV kernels) 2500 columns wide, 3 k blocks
+                          {3, 5000, 600, 1, 2500}};
     for (Isa isa : supported_isas()) {
       for (int combo = 0; combo < 4; ++combo) {
         for (const Case& cs : cases) {
