@@ -10,7 +10,7 @@ its ReLU, each pool, each classifier layer with its ReLU and dropout), each stag
 median over the timed passes of a run, and the table shows the median over the rounds.
 
   /usr/bin/python3 bench/peers/stages.py --model resnet50 --size 64 [--rounds 4]
-      [--iters 30] [--warmup 3] [--threads 2] [--json out.json]
+      [--iters 30] [--warmup 3] [--threads 2] [--timeout 600] [--json out.json]
 
 The driver's own weight and layout reorders are set-up work and are left out; logging
 slows its passes a little, so its stage sum is the figure to compare, not its pass time.
@@ -117,9 +117,12 @@ def parse_verbose(text, layout, iters):
     return out
 
 
-def run(cmd, env=None):
-    """stdout of cmd; exits with its stderr when it fails."""
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+def run(cmd, timeout, env=None):
+    """stdout of cmd; exits with its stderr when it fails or runs past timeout seconds."""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"stages.py: {' '.join(cmd)} timed out after {timeout} s")
     if r.returncode != 0:
         raise SystemExit(f"stages.py: {' '.join(cmd)} failed:\n{r.stderr.strip()[-2000:]}")
     return r.stdout
@@ -133,10 +136,12 @@ def main():
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--timeout", type=int, default=600, help="seconds allowed per run")
     ap.add_argument("--json", help="also write the table here")
     a = ap.parse_args()
-    if a.rounds < 1 or a.iters < 1 or a.warmup < 0 or a.threads < 1 or a.size < 32:
-        raise SystemExit("stages.py: --rounds, --iters and --threads must be >= 1, --warmup >= 0, --size >= 32")
+    if a.rounds < 1 or a.iters < 1 or a.warmup < 0 or a.threads < 1 or a.size < 32 or a.timeout < 1:
+        raise SystemExit("stages.py: --rounds, --iters, --threads and --timeout must be >= 1, "
+                         "--warmup >= 0, --size >= 32")
     for path, fix in ((OURS, "build the project"), (DRIVER, "run bench/peers/setup.sh")):
         if not os.path.exists(path):
             raise SystemExit(f"stages.py: {os.path.relpath(path, ROOT)} missing: {fix}")
@@ -146,13 +151,17 @@ def main():
     env = dict(os.environ, ONEDNN_VERBOSE="1")
     common = ["--model", a.model, "--input-size", str(a.size), "--threads", str(a.threads)]
     for r in range(a.rounds):
-        d = json.loads(run([OURS, "bench", *common, "--iters", str(a.iters), "--json", "--stages"]))
+        out = run([OURS, "bench", *common, "--iters", str(a.iters), "--json", "--stages"], a.timeout)
+        try:
+            d = json.loads(out)
+        except json.JSONDecodeError:
+            raise SystemExit(f"stages.py: isplit bench printed no JSON: {out.strip()[:200]}")
         ours = group_ours(a.model, d["stages"])
         if sorted(ours) != sorted(names):
             raise SystemExit(f"stages.py: our stages {sorted(ours)} do not match the table's {sorted(names)}")
         ours_rounds.append(ours)
         ours_pass.append(d["median_ms"])
-        text = run([DRIVER, *common, "--iters", str(a.iters), "--warmup", str(a.warmup)], env)
+        text = run([DRIVER, *common, "--iters", str(a.iters), "--warmup", str(a.warmup)], a.timeout, env)
         dnn_rounds.append(parse_verbose(text, layout, a.iters))
         if sys.stderr.isatty():
             print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
