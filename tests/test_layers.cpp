@@ -1148,6 +1148,16 @@ std::vector<ConvCase> conv_cases() {
       {"1x1 direct batch 5, 2x2 maps", {5, 12, 2, 2}, conv_spec(12, 10, 1, 1), false},
       {"1x1 s2 batch 4, 1x1 output", {4, 8, 2, 2}, conv_spec(8, 16, 1, 1, 2, 2), true},
       {"3x3 s2 p1 batch 3, 2x2 output", {3, 16, 4, 4}, conv_spec(16, 8, 3, 3, 2, 2, 1, 1), true},
+      // Maps 4 or more wide read a zero-padded plane: the fixed widths 8 and 4 at strides 1
+      // and 2 (ResNet-50's layer2 and layer3 at 64x64), padding wider than the kernel
+      // reaches, and padding on one axis only.
+      {"3x3 p1 8x8 output", {1, 9, 8, 8}, conv_spec(9, 5, 3, 3, 1, 1, 1, 1), true},
+      {"3x3 s2 p1 8x8 output, batch 2", {2, 6, 16, 16}, conv_spec(6, 4, 3, 3, 2, 2, 1, 1), false},
+      {"3x3 p1 4x4 output, batch 3", {3, 7, 4, 4}, conv_spec(7, 6, 3, 3, 1, 1, 1, 1), true},
+      {"3x3 s2 p1 4x4 output", {1, 5, 8, 8}, conv_spec(5, 3, 3, 3, 2, 2, 1, 1), true},
+      {"3x3 p3 on 2x2: rows and columns of padding only", {2, 3, 2, 2},
+       conv_spec(3, 4, 3, 3, 1, 1, 3, 3), true},
+      {"1x3 p(0,1) 6x4 output", {1, 4, 6, 4}, conv_spec(4, 5, 1, 3, 1, 1, 0, 1), false},
   };
 }
 }  // namespace
