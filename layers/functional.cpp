@@ -32,16 +32,15 @@ inline ColSpan col_span(int64_t j, int64_t w, int64_t ow, const Conv2dSpec& s) {
   return {lo, hi, off};
 }
 
-// Writes output row y of tap (i, j) of one channel xc [h, w] into drow [ow]; taps outside
-// the image are zero.
-inline void im2col_row(const float* xc, int64_t h, int64_t w, int64_t y, int64_t i, int64_t j,
-                       int64_t ow, const Conv2dSpec& s, float* drow) {
+// Writes output row y of tap (i, j) of one channel xc [h, w] into drow [ow], given the
+// tap column's span c = col_span(j, ...); taps outside the image are zero.
+inline void im2col_row(const float* xc, int64_t h, int64_t w, int64_t y, int64_t i,
+                       const ColSpan& c, int64_t ow, const Conv2dSpec& s, float* drow) {
   const int64_t iy = y * s.stride_h - s.pad_h + i * s.dil_h;
   if (iy < 0 || iy >= h) {
     std::fill(drow, drow + ow, 0.0f);
     return;
   }
-  const ColSpan c = col_span(j, w, ow, s);
   const float* src = xc + iy * w;
   std::fill(drow, drow + c.lo, 0.0f);
   if (s.stride_w == 1) {
@@ -75,13 +74,25 @@ inline void col2im_row_add(const float* srow, int64_t h, int64_t w, int64_t y, i
 void im2col_rows(const float* x, int64_t channels, int64_t h, int64_t w, int64_t y0, int64_t y1,
                  int64_t ow, const Conv2dSpec& s, float* col) {
   const int64_t taps = s.kh * s.kw, rows = y1 - y0;
+  // The spans of the kw tap columns, and (c, i, j) stepped along the rows of col instead
+  // of divided out of each: with the stem's one-row bands the divisions cost more than
+  // the copies.
+  std::vector<ColSpan> spans(static_cast<size_t>(s.kw));
+  for (int64_t j = 0; j < s.kw; ++j) spans[static_cast<size_t>(j)] = col_span(j, w, ow, s);
   parallel_for(channels * taps, [&](int64_t b, int64_t e) {
+    int64_t c = b / taps, i = (b % taps) / s.kw, j = b % s.kw;
     for (int64_t r = b; r < e; ++r) {
-      const int64_t c = r / taps, t = r % taps;
       const float* xc = x + c * h * w;
       float* dst = col + r * rows * ow;
       for (int64_t y = y0; y < y1; ++y)
-        im2col_row(xc, h, w, y, t / s.kw, t % s.kw, ow, s, dst + (y - y0) * ow);
+        im2col_row(xc, h, w, y, i, spans[static_cast<size_t>(j)], ow, s, dst + (y - y0) * ow);
+      if (++j == s.kw) {
+        j = 0;
+        if (++i == s.kh) {
+          i = 0;
+          ++c;
+        }
+      }
     }
   });
 }
