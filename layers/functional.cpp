@@ -231,8 +231,8 @@ void columns_batch(const Tensor& x, int64_t img0, int64_t nb, int64_t oh, int64_
   const int64_t cin = s.in_channels, h = x.dim(2), w = x.dim(3), hw = oh * ow;
   const int64_t taps = direct ? 1 : s.kh * s.kw, ld = nb * hw;
   if (!direct && ow >= kPlaneMinWidth) {
-    // Same values as the table below (copies and zeros), 1.2-3x faster on 4x4 to 16x16
-    // maps with stride 1 or 2 (one thread, Zen 3).
+    // Same values as the table below (copies and zeros), 1.3-4.7x faster on 4x4 to 16x16
+    // maps with stride 1 or 2 (one thread, Zen 3; docs/benchmarks.md).
     const PaddedPlane pp(h, w, oh, ow, s);
     parallel_for(cin, [&](int64_t b, int64_t e) {
       std::vector<float> plane(static_cast<size_t>(pp.ph * pp.pw), 0.0f);
@@ -245,8 +245,8 @@ void columns_batch(const Tensor& x, int64_t img0, int64_t nb, int64_t oh, int64_
     });
     return;
   }
-  // Narrow maps: where each (tap, output pixel) reads from, -1 for
-  // padding, worked out once for all channels and images, so the copy is one tight loop.
+  // Narrow maps: where each (tap, output pixel) reads from, -1 for padding, worked out
+  // once for all channels and images, so the copy is one tight loop.
   std::vector<int32_t> from(static_cast<size_t>(direct ? 0 : taps * hw));
   for (int64_t t = 0; t < taps && !direct; ++t)
     for (int64_t y = 0; y < oh; ++y)
