@@ -2,7 +2,7 @@
 """A/B timing of two isplit builds (or two environments) on a noisy machine.
 
     /usr/bin/python3 bench/ab.py --a OLD/isplit --b build/isplit --model resnet50 --size 64 \
-        [--mode forward] [--iters 40] [--pairs 16] [--a-env K=V ...] [--b-env K=V ...] \
+        [--mode forward] [--batch B] [--iters 40] [--pairs 16] [--a-env K=V ...] [--b-env K=V ...] \
         [--stages] [--timeout 600] [--json FILE]
 
 Each pair runs `isplit bench --json` once with A and once with B, in an order that flips
@@ -41,6 +41,8 @@ def run_once(binary, env, args):
     """One `isplit bench --json` run: (median ms, min ms, {group: median ms})."""
     cmd = [binary, "bench", "--model", args.model, "--input-size", str(args.size), "--mode",
            args.mode, "--iters", str(args.iters), "--json"]
+    if args.batch:
+        cmd += ["--batch", str(args.batch)]
     if args.stages:
         cmd.append("--stages")
     try:
@@ -81,6 +83,7 @@ def main():
     p.add_argument("--model", default="resnet50", choices=["resnet50", "vgg16"])
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--mode", default="forward", choices=["forward", "importance", "train"])
+    p.add_argument("--batch", type=int, default=0, help="images per pass (isplit's default if 0)")
     p.add_argument("--iters", type=int, default=40)
     p.add_argument("--pairs", type=int, default=16)
     p.add_argument("--stages", action="store_true", help="also compare stage groups")
@@ -90,6 +93,8 @@ def main():
     for name in ("size", "iters", "pairs", "timeout"):
         if getattr(args, name) < 1:
             sys.exit(f"ab.py: --{name} must be positive")
+    if args.batch < 0:
+        sys.exit("ab.py: --batch must not be negative")
     env_a, env_b = parse_env(args.a_env, "--a-env"), parse_env(args.b_env, "--b-env")
 
     pairs = []
@@ -121,7 +126,8 @@ def main():
             if ratios:
                 result["stages"][group] = summary(ratios)
 
-    print(f"{args.model} {args.size}x{args.size} {args.mode}, {args.pairs} pairs of "
+    batch = f", batch {args.batch}" if args.batch else ""
+    print(f"{args.model} {args.size}x{args.size} {args.mode}{batch}, {args.pairs} pairs of "
           f"{args.iters} passes")
     print(f"A: median of run medians {result['a']['median_ms']:.3f} ms, best minimum "
           f"{result['a']['min_ms']:.3f}")

@@ -1,6 +1,7 @@
 // Element-wise and pooling kernels of the layers, one table per ISA: the scalar references
-// (engine/kernels/scalar/eltwise_scalar.cpp) and, on AArch64, NEON versions
-// (engine/kernels/neon/eltwise_neon.cpp). Every NEON kernel computes exactly what its
+// (engine/kernels/scalar/eltwise_scalar.cpp), on x86 the same source built for AVX2
+// (engine/kernels/avx2/eltwise_avx2.cpp, also used on AVX-512 CPUs) and, on AArch64, NEON
+// versions (engine/kernels/neon/eltwise_neon.cpp). Every NEON kernel computes exactly what its
 // reference does, operation for operation (no reassociated sums), so the two give the same
 // bits - except that max pooling may return +0 where the reference keeps a -0 that came
 // first in the window, and NaN payloads may differ; tests/test_eltwise.cpp checks this on
@@ -44,6 +45,10 @@ const EltwiseKernels& eltwise_kernels(Isa isa);
 // The kernels of active_isa().
 const EltwiseKernels& eltwise();
 
+// A per-thread scratch buffer of at least n floats, valid until the thread's next call
+// (the max pools' column maxima).
+float* pool_scratch(int64_t n);
+
 // The scalar maximum of one output position's window (the NEON kernel's edges use it).
 float maxpool_window(const float* x, const PoolPlane& p, int64_t oy, int64_t ox);
 
@@ -51,6 +56,9 @@ float maxpool_window(const float* x, const PoolPlane& p, int64_t oy, int64_t ox)
 extern const EltwiseKernels kEltwiseScalar;
 #if defined(ISPLIT_HAVE_NEON_KERNELS)
 extern const EltwiseKernels kEltwiseNeon;
+#endif
+#if defined(ISPLIT_HAVE_X86_KERNELS)
+extern const EltwiseKernels kEltwiseAvx2;
 #endif
 
 }  // namespace isplit

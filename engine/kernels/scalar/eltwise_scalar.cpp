@@ -1,65 +1,21 @@
-// Scalar reference element-wise and pooling kernels (engine/kernels/eltwise.h).
+// Scalar reference element-wise and pooling kernels (engine/kernels/eltwise.h): the
+// portable kernels of engine/kernels/eltwise_impl.h built for the baseline ISA, and the
+// dispatch by ISA.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "engine/kernels/eltwise.h"
-
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
+#include "engine/kernels/eltwise_impl.h"
 
 namespace isplit {
 
-namespace {
-
-void relu(const float* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+float* pool_scratch(int64_t n) {
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
 }
-
-void relu_backward(const float* gy, const float* y, float* gx, int64_t n) {
-  int64_t i = 0;
-#if defined(__SSE2__)
-  // SSE2 is part of x86-64: four lanes at a time, the sum selected where y > 0; lanes that
-  // are off keep gx untouched (adding 0 would turn -0 into +0).
-  const __m128 zero = _mm_setzero_ps();
-  for (; i + 4 <= n; i += 4) {
-    const __m128 d = _mm_loadu_ps(gx + i);
-    const __m128 on = _mm_cmpgt_ps(_mm_loadu_ps(y + i), zero);
-    const __m128 sum = _mm_add_ps(d, _mm_loadu_ps(gy + i));
-    _mm_storeu_ps(gx + i, _mm_or_ps(_mm_and_ps(on, sum), _mm_andnot_ps(on, d)));
-  }
-#endif
-  for (; i < n; ++i)
-    if (y[i] > 0.0f) gx[i] += gy[i];
-}
-
-void add(const float* a, const float* b, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
-}
-
-void add_into(float* y, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
-}
-
-void normalize(const float* x, float mean, float scale, float shift, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - mean) * scale + shift;
-}
-
-void bn_grad_train(const float* gy, const float* x, float* gx, int64_t n, double mean,
-                   double istd, double scale, double mg, double mgx) {
-  for (int64_t i = 0; i < n; ++i) {
-    const double xhat = (x[i] - mean) * istd;
-    gx[i] += static_cast<float>(scale * (gy[i] - mg - xhat * mgx));
-  }
-}
-
-void bn_grad_eval(const float* gy, float* gx, int64_t n, double scale) {
-  for (int64_t i = 0; i < n; ++i) gx[i] += static_cast<float>(scale * gy[i]);
-}
-
-}  // namespace
 
 // The maximum of one output position's clipped window (shared with the NEON edges).
 float maxpool_window(const float* x, const PoolPlane& p, int64_t oy, int64_t ox) {
@@ -75,72 +31,14 @@ float maxpool_window(const float* x, const PoolPlane& p, int64_t oy, int64_t ox)
   return best;
 }
 
-namespace {
-// max(m, v) where a NaN wins (either one), written so that compilers vectorise it.
-inline float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
-
-// Row maxima of one output row: y[ox] = max of c over the window of ox, in passes over
-// the outputs (one per window column) that vectorise; S is the stride when known (2).
-template <int S>
-void pool_row(const float* c, const PoolPlane& p, float* y) {
-  const int64_t s = S > 0 ? S : p.sw;
-  const float lowest = -std::numeric_limits<float>::infinity();
-  // Outputs [lo, hi) have their whole window inside the row.
-  const int64_t lo = std::min(p.ow, (p.pw + s - 1) / s);
-  int64_t hi = p.w - p.kw + p.pw >= 0 ? (p.w - p.kw + p.pw) / s + 1 : 0;
-  hi = std::max(lo, std::min(hi, p.ow));
-  auto clipped = [&](int64_t ox) {
-    const int64_t x0 = ox * s - p.pw;
-    const int64_t xa = std::max<int64_t>(x0, 0), xb = std::min(x0 + p.kw, p.w);
-    float best = lowest;
-    for (int64_t ix = xa; ix < xb; ++ix) best = max_nan(best, c[ix]);
-    y[ox] = best;
-  };
-  for (int64_t ox = 0; ox < lo; ++ox) clipped(ox);
-  if (hi > lo) {
-    const float* base = c - p.pw;
-    for (int64_t ox = lo; ox < hi; ++ox) y[ox] = base[ox * s];
-    for (int64_t t = 1; t < p.kw; ++t)
-      for (int64_t ox = lo; ox < hi; ++ox) y[ox] = max_nan(y[ox], base[ox * s + t]);
-  }
-  for (int64_t ox = hi; ox < p.ow; ++ox) clipped(ox);
-}
-
-// Separable: for each output row, the maximum of every input column over the window's
-// rows (a contiguous pass that vectorises), then each output's maximum over its columns.
-// The same values as maxpool_window per output (the maximum of the same set, NaN when any
-// is NaN); only which of -0 and +0, or which NaN, comes out may differ.
-void maxpool_plane(const float* x, const PoolPlane& p, float* y) {
-  thread_local std::vector<float> col;
-  col.resize(static_cast<size_t>(std::max<int64_t>(p.w, 1)));
-  float* c = col.data();
-  const float lowest = -std::numeric_limits<float>::infinity();
-  for (int64_t oy = 0; oy < p.oh; ++oy) {
-    const int64_t y0 = oy * p.sh - p.ph;
-    const int64_t ya = std::max<int64_t>(y0, 0), yb = std::min(y0 + p.kh, p.h);
-    if (ya >= yb) {
-      std::fill(c, c + p.w, lowest);
-    } else {
-      std::copy(x + ya * p.w, x + (ya + 1) * p.w, c);
-      for (int64_t iy = ya + 1; iy < yb; ++iy) {
-        const float* row = x + iy * p.w;
-        for (int64_t ix = 0; ix < p.w; ++ix) c[ix] = max_nan(c[ix], row[ix]);
-      }
-    }
-    if (p.sw == 2)
-      pool_row<2>(c, p, y + oy * p.ow);
-    else
-      pool_row<0>(c, p, y + oy * p.ow);
-  }
-}
-}  // namespace
-
-const EltwiseKernels kEltwiseScalar = {relu,      relu_backward, add,          add_into,
-                                       normalize, maxpool_plane, bn_grad_train, bn_grad_eval};
+const EltwiseKernels kEltwiseScalar = eltwise_table();
 
 const EltwiseKernels& eltwise_kernels(Isa isa) {
 #if defined(ISPLIT_HAVE_NEON_KERNELS)
   if (isa == Isa::Neon) return kEltwiseNeon;
+#endif
+#if defined(ISPLIT_HAVE_X86_KERNELS)
+  if (isa == Isa::Avx2 || isa == Isa::Avx512) return kEltwiseAvx2;
 #endif
   (void)isa;
   return kEltwiseScalar;
