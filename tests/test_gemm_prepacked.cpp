@@ -159,6 +159,27 @@ TEST_SUITE("gemm_prepacked") {
     CHECK(failures == 0);
   }
 
+  TEST_CASE("every partial tile width is stored without touching its neighbours") {
+    // The kernels read and write partial C vectors with narrow moves (1, 2, 3, ... lanes).
+    // C's rows are padded, and the padding must come back untouched (check_case compares
+    // the whole buffer), with one k block (overwrite) and several (accumulate), with and
+    // without the epilogue's residual loads.
+    Restore restore;
+    std::mt19937 rng(4242);
+    int failures = 0;
+    for (Isa isa : supported_isas())
+      for (int64_t k : {40, 600})
+        for (bool residual : {false, true}) {
+          // Lanes along M: N = 1..7 columns of C are a transposed tile's few rows.
+          for (int64_t n = 1; n <= 7; ++n)
+            failures += check_case(rng, isa, Case{false, false, 37, n, k, 0.0f, true, true, 1, residual});
+          // Lanes along N: every tail of a 16-wide tile (1..15 columns past full tiles).
+          for (int64_t n = 17; n <= 31; ++n)
+            failures += check_case(rng, isa, Case{false, false, 13, n, k, 1.0f, true, false, 1, residual});
+        }
+    CHECK(failures == 0);
+  }
+
   TEST_CASE("orientation rule: lanes along M for narrow N, not for deep GEMMs that waste few lanes") {
     // ResNet-50's layer4 at 224x224 (N = 49) with AVX2's 8 lanes: a 3x3 (K = 4608, 18 k
     // blocks) keeps lanes along N where deep transposed tiles cost more; a 1x1 (K = 512,
