@@ -43,6 +43,8 @@ def run_once(binary, env, args):
            args.mode, "--iters", str(args.iters), "--json"]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     if args.stages:
         cmd.append("--stages")
     try:
@@ -84,6 +86,9 @@ def main():
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--mode", default="forward", choices=["forward", "importance", "train"])
     p.add_argument("--batch", type=int, default=0, help="images per pass (isplit's default if 0)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads per run (isplit's default if 0); one thread is steadier on a "
+                        "shared machine")
     p.add_argument("--iters", type=int, default=40)
     p.add_argument("--pairs", type=int, default=16)
     p.add_argument("--stages", action="store_true", help="also compare stage groups")
@@ -93,8 +98,9 @@ def main():
     for name in ("size", "iters", "pairs", "timeout"):
         if getattr(args, name) < 1:
             sys.exit(f"ab.py: --{name} must be positive")
-    if args.batch < 0:
-        sys.exit("ab.py: --batch must not be negative")
+    for name in ("batch", "threads"):
+        if getattr(args, name) < 0:
+            sys.exit(f"ab.py: --{name} must not be negative")
     env_a, env_b = parse_env(args.a_env, "--a-env"), parse_env(args.b_env, "--b-env")
 
     pairs = []
@@ -127,6 +133,7 @@ def main():
                 result["stages"][group] = summary(ratios)
 
     batch = f", batch {args.batch}" if args.batch else ""
+    batch += f", {args.threads} thread{'s' if args.threads > 1 else ''}" if args.threads else ""
     print(f"{args.model} {args.size}x{args.size} {args.mode}{batch}, {args.pairs} pairs of "
           f"{args.iters} passes")
     print(f"A: median of run medians {result['a']['median_ms']:.3f} ms, best minimum "
