@@ -3,7 +3,9 @@
 
 For every (model, input size, mode) it runs, round after round, each peer that supports
 the mode once (A B C D A B C D ...), takes each run's median over --iters passes, and
-reports the median of those per-round medians, with the ratios ours / peer.
+reports the median of those per-round medians, with the ratios ours / peer; then the
+ratios paired round by round (median and range), which a machine whose speed drifts
+between rounds disturbs less.
 
   /usr/bin/python3 bench/peers/run_peers.py [--models resnet50,vgg16] [--sizes 64,224]
       [--modes forward,importance,train] [--rounds 5] [--iters 10] [--warmup 2]
@@ -128,14 +130,50 @@ def print_table(rows):
         body.append([r["workload"], fmt_ms(med["ours"]), fmt_ms(med["onednn"]), fmt_ms(med["ort"]),
                      fmt_ms(med["pytorch"]), fmt_ratio(med["ours"], med["onednn"]),
                      fmt_ratio(med["ours"], med["ort"]), fmt_ratio(med["ours"], med["pytorch"])])
+    print_markdown(head, body)
+
+
+def print_markdown(head, body):
+    """Prints a Markdown table: first column left-aligned, the others right-aligned."""
     widths = [max(len(x[i]) for x in body + [head]) for i in range(len(head))]
-    # One table row: first cell left-aligned, the numbers right-aligned.
     line = lambda cells: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                              for i, (c, w) in enumerate(zip(cells, widths))) + " |"
     print(line(head))
     print("| " + " | ".join("-" * w if i == 0 else "-" * (w - 1) + ":" for i, w in enumerate(widths)) + " |")
     for b in body:
         print(line(b))
+
+
+def paired_ratios(row):
+    """Per peer, ours / peer round by round (the two runs of a round are minutes apart at
+    most, so a machine that drifts between rounds affects both alike): {peer: {"ratios",
+    "median", "min", "max"}} for the peers that ran every round next to ours."""
+    ours = row["peers"]["ours"]
+    out = {}
+    if ours.get("status") != "ok":
+        return out
+    for p in PEERS[1:]:
+        peer = row["peers"][p]
+        if peer.get("status") != "ok" or len(peer["rounds_ms"]) != len(ours["rounds_ms"]):
+            continue
+        ratios = [a / b for a, b in zip(ours["rounds_ms"], peer["rounds_ms"]) if b > 0]
+        if ratios:
+            out[p] = {"ratios": ratios, "median": statistics.median(ratios), "min": min(ratios),
+                      "max": max(ratios)}
+    return out
+
+
+def print_paired(rows):
+    """Prints the round-by-round ratios (median and range) as a Markdown table."""
+    head = ["workload"] + [f"ours/{LABELS[p]} by round" for p in PEERS[1:]]
+    body = []
+    for r in rows:
+        cells = [r["workload"]]
+        for p in PEERS[1:]:
+            q = r["paired"].get(p)
+            cells.append("-" if not q else f"{q['median']:.2f} ({q['min']:.2f}-{q['max']:.2f})")
+        body.append(cells)
+    print_markdown(head, body)
 
 
 def main():
@@ -222,12 +260,17 @@ def main():
                               flush=True)
                 for p in active:
                     peers[p]["median_ms"] = statistics.median(peers[p]["rounds_ms"])
-                rows.append({"workload": workload, "model": model, "input_size": size, "mode": mode,
-                             "batch": batch, "peers": peers})
+                row = {"workload": workload, "model": model, "input_size": size, "mode": mode,
+                       "batch": batch, "peers": peers}
+                row["paired"] = paired_ratios(row)
+                rows.append(row)
 
     print(f"\nmedian over {args.rounds} rounds of each run's median ({args.iters} passes), "
           f"{args.threads} threads; load average {os.getloadavg()[0]:.2f} at end\n")
     print_table(rows)
+    if any(r["paired"] for r in rows):
+        print("\nround by round: the median of ours / peer over the rounds (range)\n")
+        print_paired(rows)
     if skipped:
         print("\nskipped or failed:")
         seen = set()
