@@ -82,8 +82,12 @@ void im2col_rows(const float* x, int64_t channels, int64_t h, int64_t w, int64_t
   // The spans of the kw tap columns, and (c, i, j) stepped along the rows of col instead
   // of divided out of each: with the stem's one-row bands the divisions cost more than
   // the copies.
-  std::vector<ColSpan> spans(static_cast<size_t>(s.kw));
-  for (int64_t j = 0; j < s.kw; ++j) spans[static_cast<size_t>(j)] = col_span(j, w, ow, s);
+  thread_local std::vector<ColSpan> span_buffer;  // no allocation per call in steady state
+  span_buffer.resize(static_cast<size_t>(s.kw));
+  for (int64_t j = 0; j < s.kw; ++j) span_buffer[static_cast<size_t>(j)] = col_span(j, w, ow, s);
+  // A reference, so that the workers read this thread's spans (a lambda does not capture a
+  // thread_local: named inside the body it would be the worker's own, empty one).
+  const std::vector<ColSpan>& spans = span_buffer;
   parallel_for(channels * taps, [&](int64_t b, int64_t e) {
     int64_t c = b / taps, i = (b % taps) / s.kw, j = b % s.kw;
     for (int64_t r = b; r < e; ++r) {
@@ -186,11 +190,11 @@ constexpr int64_t kPlaneSlack = 8;
 template <int OW, int SW>
 inline void plane_rows(const float* src, int64_t src_step, int64_t rows, float* dst) {
   for (int64_t y = 0; y < rows; ++y, src += src_step, dst += OW) {
-    if (SW == 1) {
+    if constexpr (SW == 1) {
       std::memcpy(dst, src, OW * sizeof(float));
     } else {
 #if defined(__SSE2__)
-      if (SW == 2 && OW % 4 == 0) {
+      if constexpr (SW == 2 && OW % 4 == 0) {
         for (int q = 0; q < OW; q += 4)
           _mm_storeu_ps(dst + q, _mm_shuffle_ps(_mm_loadu_ps(src + 2 * q), _mm_loadu_ps(src + 2 * q + 4),
                                                 _MM_SHUFFLE(2, 0, 2, 0)));
@@ -229,7 +233,7 @@ struct PaddedPlane {
     if (n == 4) return rows(std::integral_constant<int64_t, 4>{});
     if (n == 8) return rows(std::integral_constant<int64_t, 8>{});
     if (n == 16) return rows(std::integral_constant<int64_t, 16>{});
-    for (int64_t y = y0; y < y1; ++y, src += w, dst += pw) std::copy_n(src, n, dst);
+    rows(n);
   }
 
   // Writes the [oh, ow] block of tap (i, j) of the expansion to dst.
@@ -263,7 +267,8 @@ void columns_batch(const Tensor& x, int64_t img0, int64_t nb, int64_t oh, int64_
     // maps with stride 1 or 2 (one thread, Zen 3; docs/benchmarks.md).
     const PaddedPlane pp(h, w, oh, ow, s);
     parallel_for(cin, [&](int64_t b, int64_t e) {
-      std::vector<float> plane(static_cast<size_t>(pp.ph * pp.pw + kPlaneSlack), 0.0f);
+      thread_local std::vector<float> plane;  // no allocation per call in steady state
+      plane.assign(static_cast<size_t>(pp.ph * pp.pw + kPlaneSlack), 0.0f);
       for (int64_t c = b; c < e; ++c)
         for (int64_t im = 0; im < nb; ++im) {
           pp.fill(x.data() + ((img0 + im) * cin + c) * h * w, w, s, plane.data());

@@ -17,7 +17,7 @@ using namespace gemm_pack;
 constexpr int kMR = 6;
 constexpr int kNR = 16;
 
-// Lane mask (all bits set in the low n of 8 lanes) for maskload / maskstore.
+// Lane mask (all bits set in the low n of 8 lanes) for maskload (B tails of the GEMV).
 inline __m256i lane_mask8(int n) {
   alignas(32) static const int kBits[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
   n = n < 0 ? 0 : (n > 8 ? 8 : n);
