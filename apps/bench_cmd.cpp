@@ -56,6 +56,9 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
       ->check(CLI::IsMember({"stored", "streamed"}));
   cmd->add_option("--prepack", a.prepack, "GEMM weights packed once for inference: on or off (default: ISPLIT_PREPACK, else on)")
       ->check(CLI::IsMember({"on", "off"}));
+  cmd->add_option("--huge-pages", a.huge_pages,
+                  "tensor blocks of 2 MiB or more on transparent huge pages: on or off (default: ISPLIT_HUGEPAGES, else on)")
+      ->check(CLI::IsMember({"on", "off"}));
   add_backend_option(cmd, a.backend);
   return cmd;
 }
@@ -71,6 +74,7 @@ int run_bench(const BenchArgs& a) {
   if (!a.winograd_filters.empty())
     set_winograd_filters_mode(parse_winograd_filters(a.winograd_filters, "--winograd-filters"));
   if (!a.prepack.empty()) set_gemm_prepack(a.prepack == "on");
+  if (!a.huge_pages.empty()) set_tensor_huge_pages(a.huge_pages == "on");
   if (a.stages && (onednn || a.mode == "train"))
     throw Error("--stages: per-stage times need the native backend and --mode forward or importance");
   if (a.mode == "train" && a.batch < 2) throw Error("--batch: train mode needs at least 2 images (BatchNorm batch statistics)");
@@ -171,6 +175,8 @@ int run_bench(const BenchArgs& a) {
     j["weights_bytes"] = weights;
     j["tensor_resident_bytes"] = resident;
     j["tensor_peak_bytes"] = tensor_peak;
+    j["huge_pages"] = tensor_huge_pages() ? "on" : "off";
+    j["huge_page_bytes"] = static_cast<long long>(tensor_huge_page_bytes());
     j["times_ms"] = ms;
     if (a.stages) {
       nlohmann::ordered_json st = nlohmann::ordered_json::array();

@@ -21,6 +21,7 @@ struct BenchArgs {
   std::string winograd;  // "": ISPLIT_WINOGRAD or auto; else 0/off, 1/on, auto
   std::string winograd_filters;  // "": ISPLIT_WINOGRAD_FILTERS or stored; else stored, streamed
   std::string prepack;   // "": ISPLIT_PREPACK or on; else on/off
+  std::string huge_pages;  // "": ISPLIT_HUGEPAGES or on; else on/off
   std::string backend = "native";  // native | onednn (forward only)
 };
 

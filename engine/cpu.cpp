@@ -67,4 +67,13 @@ std::string isa_name(Isa isa) {
   return "unknown";
 }
 
+bool env_switch(const char* name, bool fallback) {
+  const char* env = std::getenv(name);
+  if (!env || !*env) return fallback;
+  const std::string v(env);
+  if (v == "1" || v == "on") return true;
+  if (v == "0" || v == "off") return false;
+  throw Error(std::string(name) + ": expected 0, 1, on or off, got '" + v + "'");
+}
+
 }  // namespace isplit

@@ -20,4 +20,8 @@ bool isa_supported(Isa isa);
 // Lower-case name of an ISA ("scalar", "avx2", "avx512", "neon").
 std::string isa_name(Isa isa);
 
+// An on/off switch from the environment variable `name`: 1 or on, 0 or off, fallback when
+// unset or empty; throws Error naming the variable for anything else.
+bool env_switch(const char* name, bool fallback);
+
 }  // namespace isplit

@@ -77,12 +77,7 @@ void gemm(const GemmArgs& g) {
 
 namespace {
 std::atomic<bool>& prepack_slot() {
-  static std::atomic<bool> slot{[] {
-    const char* env = std::getenv("ISPLIT_PREPACK");
-    if (!env || !*env || std::string(env) == "1" || std::string(env) == "on") return true;
-    if (std::string(env) == "0" || std::string(env) == "off") return false;
-    throw Error("ISPLIT_PREPACK: expected 0, 1, on or off, got '" + std::string(env) + "'");
-  }()};
+  static std::atomic<bool> slot{env_switch("ISPLIT_PREPACK", true)};
   return slot;
 }
 }  // namespace

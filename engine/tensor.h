@@ -93,6 +93,15 @@ void reset_tensor_peak_bytes();
 // tensor_live_bytes() and tensor_peak_bytes(); for the kernels' own buffers.
 void track_scratch_bytes(std::ptrdiff_t delta);
 
+// Whether new blocks of 2 MiB or more are put on transparent huge pages (default on;
+// ISPLIT_HUGEPAGES=0 in the environment turns it off). Blocks already made keep theirs.
+void set_tensor_huge_pages(bool on);
+// Whether new big blocks are put on transparent huge pages.
+bool tensor_huge_pages();
+// Bytes of tensor storage the kernel was asked to back with huge pages so far (whole 2 MiB
+// pages; 0 where the system has no transparent huge pages).
+size_t tensor_huge_page_bytes();
+
 // Throws Error naming `what` when the tensor's shape differs from `expected`.
 void check_shape(const Tensor& t, const Shape& expected, const std::string& what);
 

@@ -147,7 +147,14 @@ assert d['mode'] == 'forward' and d['iters'] == 2 and len(d['times_ms']) == 2, d
 assert 0 < d['min_ms'] <= d['median_ms'] <= d['max_ms'], d
 assert d['weights_bytes'] == 25557032 * 4 and d['peak_rss_bytes'] > d['weights_bytes'], d
 assert d['backend'] == 'native', d
+assert d['huge_pages'] == 'on' and d['huge_page_bytes'] >= 0, d
 " && ok || bad "bench --json"
+expect 0 "" -- "$ISPLIT" bench --model resnet50 --input-size 32 --iters 1 --warmup 0 --json --huge-pages off
+$PY -c "
+import json; d = json.load(open('$WORK/out'))
+assert d['huge_pages'] == 'off' and d['huge_page_bytes'] == 0, d
+" && ok || bad "bench --huge-pages off"
+expect 2 "" -- "$ISPLIT" bench --model resnet50 --huge-pages maybe
 expect 0 "" -- "$ISPLIT" bench --model resnet50 --input-size 32 --iters 3 --warmup 0 --stages --json
 $PY -c "
 import json; d = json.load(open('$WORK/out'))

@@ -150,8 +150,10 @@ TEST_SUITE("gemm_prepacked") {
         {false, false, 48, 5, 40, 0.0f, true, true, 0, true, true},
         {false, false, 37, 61, 300, 1.0f, true, false, 2, true, true},
         {false, false, 40, 3, 300, 0.0f, true, false, 0, true, true},
-        // Deep and narrow: lanes along M over five k blocks (N = 5 idles most lanes).
+        // Deep and narrow: lanes along M over five k blocks (N = 5 idles most lanes), and
+        // ResNet-50's layer4 3x3 at 64x64 (18 k blocks, 4 columns).
         {false, false, 100, 5, 1100, 1.0f, true, true, 0, true},
+        {false, false, 512, 4, 4608, 0.0f, true, true, 0},
     };
     int failures = 0;
     for (Isa isa : supported_isas())

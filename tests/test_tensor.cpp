@@ -1,7 +1,8 @@
-// Tensor basics: shapes, views, errors, alignment and the freed-block cache.
+// Tensor basics: shapes, views, errors, alignment, the freed-block cache and huge pages.
 #include <doctest/doctest.h>
 
 #include <cstdint>
+#include <fstream>
 
 #include "engine/tensor.h"
 
@@ -56,5 +57,31 @@ TEST_SUITE("tensor") {
     { Tensor d = Tensor::empty(big); }
     CHECK(tensor_cache_bytes() == 0);
     set_tensor_cache_limit(size_t{2} << 30);
+  }
+
+  TEST_CASE("blocks of 2 MiB or more start on a huge page and are advised for huge pages") {
+    const bool was = tensor_huge_pages();
+    // The kernel takes the advice wherever it has transparent huge pages at all.
+    const bool thp = std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled").good();
+    const size_t mib = size_t{1} << 20;
+    // Sizes no other test asks for, so the blocks are fresh rather than from the cache.
+    set_tensor_huge_pages(true);
+    size_t before = tensor_huge_page_bytes();
+    {
+      Tensor t = Tensor::zeros({int64_t(5 * mib / 4 + 16)});  // 5 MiB and 64 bytes
+      CHECK(reinterpret_cast<uintptr_t>(t.data()) % (2 * mib) == 0);
+      CHECK(tensor_huge_page_bytes() - before == (thp ? 4 * mib : 0));  // whole pages only
+      Tensor small = Tensor::zeros({int64_t(mib / 4)});  // 1 MiB: left to small pages
+      CHECK(tensor_huge_page_bytes() - before == (thp ? 4 * mib : 0));
+    }
+    set_tensor_huge_pages(false);
+    before = tensor_huge_page_bytes();
+    {
+      Tensor t = Tensor::zeros({int64_t(5 * mib / 4 + 32)});
+      CHECK(tensor_huge_page_bytes() == before);
+      t[t.numel() - 1] = 1.0f;
+      CHECK(t[t.numel() - 1] == 1.0f);
+    }
+    set_tensor_huge_pages(was);
   }
 }
