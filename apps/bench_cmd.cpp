@@ -57,7 +57,7 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   cmd->add_option("--prepack", a.prepack, "GEMM weights packed once for inference: on or off (default: ISPLIT_PREPACK, else on)")
       ->check(CLI::IsMember({"on", "off"}));
   cmd->add_option("--huge-pages", a.huge_pages,
-                  "tensor blocks of 2 MiB or more on transparent huge pages: on or off (default: ISPLIT_HUGEPAGES, else on)")
+                  "weights and packed weights on transparent huge pages: on or off (default: ISPLIT_HUGEPAGES, else on)")
       ->check(CLI::IsMember({"on", "off"}));
   add_backend_option(cmd, a.backend);
   return cmd;

@@ -113,6 +113,7 @@ std::unique_ptr<PackedMatrix> PackedMatrix::pack_owned(bool trans, int64_t m, in
     (void)p->layout(false);
   } else {
     // No packed kernels: a plain row-major copy of op(A) for the generic GEMM.
+    HugePageScope huge;
     Tensor plain = Tensor::empty({std::max<int64_t>(1, m * k)});
     for (int64_t i = 0; i < m; ++i)
       for (int64_t q = 0; q < k; ++q) plain[i * k + q] = trans ? a[q * lda + i] : a[i * lda + q];
@@ -142,7 +143,11 @@ const float* PackedMatrix::layout(bool lanes_m) const {
   const PrepackKernels* kern = prepack_kernels(isa_);
   const float* src = nullptr;
   Tensor keep = source_locked(&src);  // an unpacked copy once the source is released
-  Tensor t = Tensor::zeros({kern->floats(lanes_m, m_, k_)});
+  Tensor t;
+  {
+    HugePageScope huge;  // streamed from memory on every pass
+    t = Tensor::zeros({kern->floats(lanes_m, m_, k_)});
+  }
   kern->pack(lanes_m, trans_, src, lda_, m_, k_, t.data());
   data_[slot] = std::move(t);
   ready_[slot].store(data_[slot].data(), std::memory_order_release);

@@ -20,12 +20,14 @@ namespace isplit {
 namespace {
 constexpr size_t kAlign = 64;
 
-// Blocks of at least this many bytes start on a 2 MiB boundary and ask the kernel for
-// transparent huge pages over their whole 2 MiB pages (madvise: in the "madvise" mode of
-// /sys/kernel/mm/transparent_hugepage/enabled nothing else gets them). A network's big
-// blocks are its packed weights, which every batch-1 pass streams from memory once:
-// ResNet-50's forward at 64x64 ran about 7 % faster with them (docs/benchmarks.md).
+// Inside a HugePageScope, blocks of at least this many bytes start on a 2 MiB boundary and
+// ask the kernel for transparent huge pages over their whole 2 MiB pages (madvise: in the
+// "madvise" mode of /sys/kernel/mm/transparent_hugepage/enabled nothing else gets them).
+// For the weights, which every batch-1 pass streams from memory once: ResNet-50's layer4
+// at 64x64 ran about 10 % faster with them. Activations are reused from the block cache
+// while they are hot, and stay on small pages (docs/benchmarks.md).
 constexpr size_t kHugePage = size_t{2} << 20;
+thread_local bool t_huge_scope = false;
 
 std::atomic<bool>& huge_pages_slot() {
   static std::atomic<bool> slot{env_switch("ISPLIT_HUGEPAGES", true)};
@@ -37,7 +39,7 @@ std::atomic<size_t> g_huge_page_bytes{0};
 // Fresh storage for a block of `bytes` (a multiple of kAlign), or null.
 void* system_block(size_t bytes) {
 #if defined(MADV_HUGEPAGE)
-  if (bytes >= kHugePage && huge_pages_slot().load(std::memory_order_relaxed)) {
+  if (t_huge_scope && bytes >= kHugePage && huge_pages_slot().load(std::memory_order_relaxed)) {
     void* p = nullptr;
     if (posix_memalign(&p, kHugePage, bytes) != 0) return nullptr;
     // Only whole huge pages: the tail of the block keeps small pages, so no block takes
@@ -171,6 +173,10 @@ size_t tensor_peak_bytes() { return BlockCache::instance().peak(); }
 void reset_tensor_peak_bytes() { BlockCache::instance().reset_peak(); }
 
 void track_scratch_bytes(std::ptrdiff_t delta) { BlockCache::instance().track(delta); }
+
+HugePageScope::HugePageScope() : was_(t_huge_scope) { t_huge_scope = true; }
+
+HugePageScope::~HugePageScope() { t_huge_scope = was_; }
 
 void set_tensor_huge_pages(bool on) { huge_pages_slot().store(on); }
 

@@ -93,10 +93,24 @@ void reset_tensor_peak_bytes();
 // tensor_live_bytes() and tensor_peak_bytes(); for the kernels' own buffers.
 void track_scratch_bytes(std::ptrdiff_t delta);
 
-// Whether new blocks of 2 MiB or more are put on transparent huge pages (default on;
-// ISPLIT_HUGEPAGES=0 in the environment turns it off). Blocks already made keep theirs.
+// While one is alive on a thread, the tensor blocks of 2 MiB or more that the thread takes
+// from the system go on transparent huge pages: for storage that lives long and is
+// streamed from memory on every pass (weights and their packed forms), where 4 KiB pages
+// cost a TLB miss every 64 cache lines. Activations stay on small pages.
+class HugePageScope {
+ public:
+  HugePageScope();
+  ~HugePageScope();
+  HugePageScope(const HugePageScope&) = delete;
+  HugePageScope& operator=(const HugePageScope&) = delete;
+
+ private:
+  bool was_;
+};
+// Whether HugePageScope has an effect (default on; ISPLIT_HUGEPAGES=0 in the environment
+// turns it off). Blocks already made keep their pages.
 void set_tensor_huge_pages(bool on);
-// Whether new big blocks are put on transparent huge pages.
+// Whether HugePageScope has an effect.
 bool tensor_huge_pages();
 // Bytes of tensor storage the kernel was asked to back with huge pages so far (whole 2 MiB
 // pages; 0 where the system has no transparent huge pages).

@@ -40,6 +40,7 @@ void hand_on(Tensor& g, const Tensor& gy) {
 
 Parameter make_param(const Shape& shape, bool buffer = false) {
   Parameter p;
+  HugePageScope huge;  // weights are streamed from memory on every pass
   p.value = Tensor::zeros(shape);
   p.is_buffer = buffer;
   p.requires_grad = !buffer;

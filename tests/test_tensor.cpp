@@ -59,7 +59,7 @@ TEST_SUITE("tensor") {
     set_tensor_cache_limit(size_t{2} << 30);
   }
 
-  TEST_CASE("blocks of 2 MiB or more start on a huge page and are advised for huge pages") {
+  TEST_CASE("inside a HugePageScope, blocks of 2 MiB or more start on a huge page and are advised") {
     const bool was = tensor_huge_pages();
     // The kernel takes the advice wherever it has transparent huge pages at all.
     const bool thp = std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled").good();
@@ -68,15 +68,23 @@ TEST_SUITE("tensor") {
     set_tensor_huge_pages(true);
     size_t before = tensor_huge_page_bytes();
     {
+      Tensor outside = Tensor::zeros({int64_t(5 * mib / 4 + 48)});  // no scope: small pages
+      CHECK(tensor_huge_page_bytes() == before);
+      HugePageScope huge;
       Tensor t = Tensor::zeros({int64_t(5 * mib / 4 + 16)});  // 5 MiB and 64 bytes
       CHECK(reinterpret_cast<uintptr_t>(t.data()) % (2 * mib) == 0);
       CHECK(tensor_huge_page_bytes() - before == (thp ? 4 * mib : 0));  // whole pages only
       Tensor small = Tensor::zeros({int64_t(mib / 4)});  // 1 MiB: left to small pages
       CHECK(tensor_huge_page_bytes() - before == (thp ? 4 * mib : 0));
     }
-    set_tensor_huge_pages(false);
+    {
+      Tensor after = Tensor::zeros({int64_t(5 * mib / 4 + 64)});  // the scope has ended
+      CHECK(tensor_huge_page_bytes() - before == (thp ? 4 * mib : 0));
+    }
+    set_tensor_huge_pages(false);  // ISPLIT_HUGEPAGES=0: scopes change nothing
     before = tensor_huge_page_bytes();
     {
+      HugePageScope huge;
       Tensor t = Tensor::zeros({int64_t(5 * mib / 4 + 32)});
       CHECK(tensor_huge_page_bytes() == before);
       t[t.numel() - 1] = 1.0f;
