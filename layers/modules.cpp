@@ -182,6 +182,7 @@ const WinogradFilter* Conv2d::FastForms::winograd_filter(const Conv2dSpec& s, bo
                           prepack_kernels(active_isa()) != nullptr;
   if (!slot || slot->isa != active_isa() || other_form) {
     const Tensor& w = plain_locked();
+    HugePageScope huge;  // filters are streamed from memory on every pass, like weights
     slot = std::make_shared<const WinogradFilter>(
         transposed ? isplit::winograd_filter_transposed(w, form) : isplit::winograd_filter(w, form));
   }
@@ -612,6 +613,7 @@ Tensor Linear::folded_weight(const Tensor& x, int64_t oh, int64_t ow) {
   std::lock_guard<std::mutex> lock(pack_mutex_);
   if (!packed_ || training_) return Tensor();
   if (folded_for_ != key) {
+    HugePageScope huge;  // a weight, streamed from memory on every pass
     folded_ = pool_linear_weight(weight.value, x.dim(1), x.dim(2), x.dim(3), oh, ow);
     folded_for_ = key;
   }
