@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <string>
 
 #include "engine/gemm_prepacked.h"
@@ -143,11 +142,8 @@ const float* PackedMatrix::layout(bool lanes_m) const {
   const PrepackKernels* kern = prepack_kernels(isa_);
   const float* src = nullptr;
   Tensor keep = source_locked(&src);  // an unpacked copy once the source is released
-  Tensor t;
-  {
-    HugePageScope huge;  // streamed from memory on every pass
-    t = Tensor::zeros({kern->floats(lanes_m, m_, k_)});
-  }
+  HugePageScope huge;  // the layout is streamed from memory on every pass
+  Tensor t = Tensor::zeros({kern->floats(lanes_m, m_, k_)});
   kern->pack(lanes_m, trans_, src, lda_, m_, k_, t.data());
   data_[slot] = std::move(t);
   ready_[slot].store(data_[slot].data(), std::memory_order_release);
