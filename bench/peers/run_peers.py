@@ -4,8 +4,8 @@
 For every (model, input size, mode) it runs, round after round, each peer that supports
 the mode once (A B C D A B C D ...), takes each run's median over --iters passes, and
 reports the median of those per-round medians, with the ratios ours / peer; then the
-ratios paired round by round (median and range), which a machine whose speed drifts
-between rounds disturbs less.
+ratios paired round by round (median, range and a 90 % bootstrap interval of the median),
+which a machine whose speed drifts between rounds disturbs less.
 
   /usr/bin/python3 bench/peers/run_peers.py [--models resnet50,vgg16] [--sizes 64,224]
       [--modes forward,importance,train] [--rounds 5] [--iters 10] [--warmup 2]
@@ -19,6 +19,7 @@ import argparse
 import glob
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -144,10 +145,23 @@ def print_markdown(head, body):
         print(line(b))
 
 
+def median_interval(values, level=0.9, resamples=2000, seed=12345):
+    """A bootstrap interval for the median of values: the median of `resamples` draws with
+    replacement, their (1 - level) / 2 and (1 + level) / 2 quantiles (seeded, so the same
+    values always give the same interval). With few values it is wide, as it should be."""
+    rng = random.Random(seed)
+    n = len(values)
+    meds = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
+    lo = meds[int((1 - level) / 2 * (resamples - 1))]
+    hi = meds[int((1 + level) / 2 * (resamples - 1))]
+    return lo, hi
+
+
 def paired_ratios(row):
     """Per peer, ours / peer round by round (the two runs of a round are minutes apart at
     most, so a machine that drifts between rounds affects both alike): {peer: {"ratios",
-    "median", "min", "max"}} for the peers that ran every round next to ours."""
+    "median", "min", "max", "median_90"}} for the peers that ran every round next to ours;
+    median_90 is a 90 % bootstrap interval of the median."""
     ours = row["peers"]["ours"]
     out = {}
     if ours.get("status") != "ok":
@@ -159,19 +173,24 @@ def paired_ratios(row):
         ratios = [a / b for a, b in zip(ours["rounds_ms"], peer["rounds_ms"]) if b > 0]
         if ratios:
             out[p] = {"ratios": ratios, "median": statistics.median(ratios), "min": min(ratios),
-                      "max": max(ratios)}
+                      "max": max(ratios), "median_90": list(median_interval(ratios))}
     return out
 
 
 def print_paired(rows):
-    """Prints the round-by-round ratios (median and range) as a Markdown table."""
+    """Prints the round-by-round ratios (median, range and the median's 90 % interval) as a
+    Markdown table."""
     head = ["workload"] + [f"ours/{LABELS[p]} by round" for p in PEERS[1:]]
     body = []
     for r in rows:
         cells = [r["workload"]]
         for p in PEERS[1:]:
             q = r["paired"].get(p)
-            cells.append("-" if not q else f"{q['median']:.2f} ({q['min']:.2f}-{q['max']:.2f})")
+            if not q:
+                cells.append("-")
+                continue
+            lo, hi = q["median_90"]
+            cells.append(f"{q['median']:.2f} ({q['min']:.2f}-{q['max']:.2f}; {lo:.2f}-{hi:.2f})")
         body.append(cells)
     print_markdown(head, body)
 
@@ -269,7 +288,8 @@ def main():
           f"{args.threads} threads; load average {os.getloadavg()[0]:.2f} at end\n")
     print_table(rows)
     if any(r["paired"] for r in rows):
-        print("\nround by round: the median of ours / peer over the rounds (range)\n")
+        print("\nround by round: the median of ours / peer over the rounds (range; a 90 % "
+              "bootstrap interval of that median)\n")
         print_paired(rows)
     if skipped:
         print("\nskipped or failed:")
