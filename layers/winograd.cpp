@@ -15,7 +15,27 @@ namespace isplit {
 
 namespace {
 constexpr int64_t L = kWinogradLanes;
-constexpr int64_t kPositions = 36;  // 6x6 transform positions
+constexpr int64_t kPositions = 36;  // 6x6 transform positions of F(4x4, 3x3), the most
+
+// One of the two algorithms: F(4x4, 3x3) (6x6 patches) or F(2x2, 3x3) (4x4 patches, for
+// maps with too few 4x4 tiles), with its transforms.
+struct Variant {
+  int64_t m, alpha;  // output tile side, input patch side (m + 2)
+  void (*input)(const float* in, float* v, int64_t stride);
+  void (*output)(const float* m, int64_t stride, float bias, bool relu, float* out);
+  void (*gather)(const float* const* rows, float* patch);
+  void (*interleave)(const float* out, float* rows);
+  void (*filter_row)(const float* taps, int64_t tap_stride, int64_t len, int row,
+                     float* const* out);
+  int64_t positions() const { return alpha * alpha; }
+  // Floats a gather row reads: 16 tiles m apart, alpha wide.
+  int64_t band_row() const { return m * L + alpha - m; }
+};
+
+Variant variant(const WinogradKernels& k, int64_t m) {
+  if (m == 2) return {2, 4, k.input16_2, k.output16_2, k.gather16_2, k.interleave16_2, k.filter_row_2};
+  return {4, 6, k.input16, k.output16, k.gather16, k.interleave16, k.filter_row};
+}
 
 // The setting named by environment variable `name`, parsed by `parse`, else `fallback`.
 template <class Mode>
@@ -31,6 +51,14 @@ std::atomic<int>& mode_slot() {
   return slot;
 }
 
+std::atomic<bool>& small_maps_slot() {
+  static std::atomic<bool> slot{[] {
+    const char* e = std::getenv("ISPLIT_WINOGRAD_F2");
+    return !e || !*e || std::string(e) != "0";
+  }()};
+  return slot;
+}
+
 std::atomic<int>& filters_slot() {
   static std::atomic<int> slot{setting_from_env("ISPLIT_WINOGRAD_FILTERS", WinogradFilters::Streamed,
                                                 &parse_winograd_filters)};
@@ -39,13 +67,13 @@ std::atomic<int>& filters_slot() {
 
 // Where tile t of the current call sits.
 struct TileGeometry {
-  int64_t per_image, tiles_w;
+  int64_t per_image, tiles_w, m;  // m: the tiles' side
   // Image, first output row and column of tile t.
   void locate(int64_t t, int64_t& img, int64_t& oy, int64_t& ox) const {
     img = t / per_image;
     const int64_t r = t % per_image;
-    oy = (r / tiles_w) * 4;
-    ox = (r % tiles_w) * 4;
+    oy = (r / tiles_w) * m;
+    ox = (r % tiles_w) * m;
   }
 };
 
@@ -67,18 +95,18 @@ BlockPieces block_pieces(const TileGeometry& geo, int64_t t0, int64_t count) {
   BlockPieces out;
   int64_t img, oy, ox;
   geo.locate(t0, img, oy, ox);
-  const int64_t end_x = geo.tiles_w * 4, end_y = geo.per_image / geo.tiles_w * 4;
+  const int64_t m = geo.m, end_x = geo.tiles_w * m, end_y = geo.per_image / geo.tiles_w * m;
   for (int64_t col = 0; col < count; col += L) {
     out.first.push_back(out.pieces.size());
     const int64_t lanes = std::min(L, count - col);
     for (int64_t l = 0; l < lanes;) {
-      const int64_t run = std::min((end_x - ox) / 4, lanes - l);
+      const int64_t run = std::min((end_x - ox) / m, lanes - l);
       out.pieces.push_back({l, l + run, img, oy, ox});
       l += run;
-      ox += 4 * run;
+      ox += m * run;
       if (ox < end_x) continue;
       ox = 0;
-      oy += 4;
+      oy += m;
       if (oy < end_y) continue;
       oy = 0;
       ++img;
@@ -104,7 +132,7 @@ inline void zero_run(float* d, int64_t n) {
   for (; j < n; ++j) d[j] = 0.0f;
 }
 
-// Floats a gather16 row reads: 16 tiles 4 apart, 6 wide.
+// Floats a gather16 row reads: 16 tiles 4 apart, 6 wide (the larger variant's).
 constexpr int64_t kBandRow = 4 * L + 2;
 
 // Input value (iy, ix) of a plane, zero outside it.
@@ -112,34 +140,36 @@ inline float tap(const float* plane, int64_t h, int64_t w, int64_t iy, int64_t i
   return iy >= 0 && iy < h && ix >= 0 && ix < w ? plane[iy * w + ix] : 0.0f;
 }
 
-// The 6x6 input patches of one lane group in channel c into patch[(r * 6 + col) * 16 + l].
-// gather16 reads six rows with tile l at 4 l: straight from x when the group is one piece
-// whose rows lie inside the image (the read may run on past the piece into data no lane
-// keeps), else from copies in band with zeros outside the image. Columns 4 and 5 of a
-// piece's last tile are not its neighbour's columns 0 and 1, so they are set afterwards.
+// The alpha x alpha input patches of one lane group in channel c into
+// patch[(r * alpha + col) * 16 + l]. The gather reads alpha rows with tile l at m l:
+// straight from x when the group is one piece whose rows lie inside the image (the read
+// may run on past the piece into data no lane keeps), else from copies in band with zeros
+// outside the image. The last two columns of a piece's last tile are not its neighbour's
+// first two, so they are set afterwards.
 void gather_group(const float* x, int64_t channels, int64_t c, int64_t h, int64_t w, int64_t ph,
                   int64_t pw, const Piece* pieces, const Piece* pieces_end, int64_t lanes,
-                  const WinogradKernels& kern, float* band, float* patch) {
+                  const Variant& var, float* band, float* patch) {
+  const int64_t m = var.m, alpha = var.alpha, brow = var.band_row();
   const float* rows[6];
   const Piece& p0 = *pieces;
   const float* x_end = x + (p0.img + 1) * channels * h * w;  // in bounds to read
   const int64_t ix0 = p0.ox - pw;
-  bool direct = pieces_end - pieces == 1 && p0.oy - ph >= 0 && p0.oy - ph + 6 <= h &&
-                ix0 >= 0 && ix0 + 4 * lanes + 2 <= w;
+  bool direct = pieces_end - pieces == 1 && p0.oy - ph >= 0 && p0.oy - ph + alpha <= h &&
+                ix0 >= 0 && ix0 + m * lanes + 2 <= w;
   const float* src = direct ? x + (p0.img * channels + c) * h * w + (p0.oy - ph) * w + ix0 : x;
-  direct = direct && src + 5 * w + kBandRow <= x_end;
+  direct = direct && src + (alpha - 1) * w + brow <= x_end;
   if (direct) {
-    for (int64_t r = 0; r < 6; ++r) rows[r] = src + r * w;
+    for (int64_t r = 0; r < alpha; ++r) rows[r] = src + r * w;
   } else {
     // Only the columns [4 l0, 4 l1) of each piece are ever kept; past the group, band holds
     // zeros or an earlier group's values, which only unused lanes read.
     for (const Piece* p = pieces; p != pieces_end; ++p) {
       const float* plane = x + (p->img * channels + c) * h * w;
-      const int64_t px0 = p->ox - pw, width = 4 * (p->l1 - p->l0);
+      const int64_t px0 = p->ox - pw, width = m * (p->l1 - p->l0);
       const int64_t c0 = std::min(width, std::max<int64_t>(0, -px0));
       const int64_t c1 = std::max(c0, std::min(width, w - px0));
-      for (int64_t r = 0; r < 6; ++r) {
-        float* d = band + r * kBandRow + 4 * p->l0;
+      for (int64_t r = 0; r < alpha; ++r) {
+        float* d = band + r * brow + m * p->l0;
         const int64_t iy = p->oy - ph + r;
         if (iy < 0 || iy >= h) {
           zero_run(d, width);
@@ -150,31 +180,31 @@ void gather_group(const float* x, int64_t channels, int64_t c, int64_t h, int64_
         zero_run(d + c1, width - c1);
       }
     }
-    for (int64_t r = 0; r < 6; ++r) rows[r] = band + r * kBandRow;
+    for (int64_t r = 0; r < alpha; ++r) rows[r] = band + r * brow;
   }
-  kern.gather16(rows, patch);
+  var.gather(rows, patch);
   for (const Piece* p = pieces; p != pieces_end; ++p) {
     const float* plane = x + (p->img * channels + c) * h * w;
-    const int64_t l = p->l1 - 1, ix = p->ox + 4 * (p->l1 - 1 - p->l0) - pw + 4;
-    for (int64_t r = 0; r < 6; ++r) {
+    const int64_t l = p->l1 - 1, ix = p->ox + m * (p->l1 - 1 - p->l0) - pw + m;
+    for (int64_t r = 0; r < alpha; ++r) {
       const int64_t iy = p->oy - ph + r;
-      patch[(r * 6 + 4) * L + l] = tap(plane, h, w, iy, ix);
-      patch[(r * 6 + 5) * L + l] = tap(plane, h, w, iy, ix + 1);
+      patch[(r * alpha + m) * L + l] = tap(plane, h, w, iy, ix);
+      patch[(r * alpha + m + 1) * L + l] = tap(plane, h, w, iy, ix + 1);
     }
   }
 }
 
-// Writes (or, with accumulate, adds) interleave16's four output rows `tile_rows` of one
-// lane group into channel k of y, dropping what falls outside oh x ow.
-void store_group(const float* tile_rows, const Piece* pieces, const Piece* pieces_end,
+// Writes (or, with accumulate, adds) the interleaved m output rows `tile_rows` of one lane
+// group into channel k of y, dropping what falls outside oh x ow.
+void store_group(const float* tile_rows, int64_t m, const Piece* pieces, const Piece* pieces_end,
                  int64_t k, int64_t channels, int64_t oh, int64_t ow, bool accumulate, float* y) {
   for (const Piece* p = pieces; p != pieces_end; ++p) {
     float* plane = y + (p->img * channels + k) * oh * ow;
-    const int64_t rows = std::min<int64_t>(4, oh - p->oy);
-    const int64_t cols = std::min<int64_t>(4 * (p->l1 - p->l0), ow - p->ox);
+    const int64_t rows = std::min<int64_t>(m, oh - p->oy);
+    const int64_t cols = std::min<int64_t>(m * (p->l1 - p->l0), ow - p->ox);
     for (int64_t i = 0; i < rows; ++i) {
       float* dst = plane + (p->oy + i) * ow + p->ox;
-      const float* src = tile_rows + i * 4 * L + 4 * p->l0;
+      const float* src = tile_rows + i * m * L + m * p->l0;
       if (accumulate)
         for (int64_t j = 0; j < cols; ++j) dst[j] += src[j];
       else
@@ -183,16 +213,20 @@ void store_group(const float* tile_rows, const Piece* pieces, const Piece* piece
   }
 }
 
-// Tiles per block: the block's transformed inputs and products (36 x (Cin + Cout) floats
-// per tile) stay within about 4 MiB, in whole lane groups, at least 64 tiles so the
+// Tiles per block: the block's transformed inputs and products (positions x (Cin + Cout)
+// floats per tile) stay within about 4 MiB, in whole lane groups, at least 64 tiles so the
 // filters read once per block are used on enough columns.
-int64_t tile_block(int64_t cin, int64_t cout, int64_t tiles) {
-  const int64_t per_tile = kPositions * (cin + cout) * static_cast<int64_t>(sizeof(float));
+int64_t tile_block(int64_t positions, int64_t cin, int64_t cout, int64_t tiles) {
+  const int64_t per_tile = positions * (cin + cout) * static_cast<int64_t>(sizeof(float));
   int64_t tb = (int64_t{4} << 20) / per_tile / L * L;
   tb = std::max<int64_t>(tb, 64);
   return std::min(tb, tiles);
 }
 }  // namespace
+
+bool winograd_small_maps() { return small_maps_slot().load(std::memory_order_relaxed); }
+
+void set_winograd_small_maps(bool on) { small_maps_slot().store(on, std::memory_order_relaxed); }
 
 WinogradMode winograd_mode() { return static_cast<WinogradMode>(mode_slot().load()); }
 
@@ -219,6 +253,30 @@ WinogradFilters parse_winograd_filters(const std::string& text, const std::strin
   throw Error(what + ": '" + text + "' is not one of stored, streamed");
 }
 
+namespace {
+// Whether F(2x2, 3x3) may be used now: switched on, and streamed filters on an ISA with
+// packed GEMM kernels (where F(2x2, 3x3) transforms the taps as it goes).
+bool f2_available() {
+  return small_maps_slot().load(std::memory_order_relaxed) &&
+         prepack_kernels(active_isa()) != nullptr &&
+         winograd_filters_mode() == WinogradFilters::Streamed;
+}
+
+// 4x4 and 2x2 tiles covering an oh x ow output.
+int64_t tiles_of(int64_t oh, int64_t ow, int64_t m) { return ((oh + m - 1) / m) * ((ow + m - 1) / m); }
+
+// Lane groups' worth of tiles below which a map counts as small.
+constexpr int64_t kMinTiles = 16;
+
+// The side of the output tiles for an oh x ow output: 4 (F(4x4, 3x3)), or 2 where that
+// leaves fewer than a lane group of tiles but 2x2 tiles fill one (7x7 to 12x12 maps) and
+// the filters are streamed (F(2x2, 3x3) transforms them as it goes).
+int64_t winograd_tile_side(int64_t oh, int64_t ow, bool streamed) {
+  const bool small = tiles_of(oh, ow, 4) < kMinTiles && tiles_of(oh, ow, 2) >= kMinTiles;
+  return small && streamed && f2_available() ? 2 : 4;
+}
+}  // namespace
+
 bool winograd_applies(const Conv2dSpec& s) {
   return s.kh == 3 && s.kw == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 &&
          s.dil_w == 1 && s.groups == 1;
@@ -231,8 +289,11 @@ bool winograd_pays(const Shape& x, const Conv2dSpec& s) {
   // Decided per image, never by the batch size, so an image's result does not depend on
   // the batch it came in (sharded analyses merge to exactly the single run).
   const Shape o = conv2d_out_shape(x, s);
-  const int64_t tiles = ((o[2] + 3) / 4) * ((o[3] + 3) / 4);
-  return s.in_channels >= 16 && s.out_channels >= 16 && tiles >= 16;
+  // Filters made now are streamed when f2_available() (it checks the form).
+  const int64_t tiles = winograd_tile_side(o[2], o[3], true) == 2
+                            ? tiles_of(o[2], o[3], 2)
+                            : tiles_of(o[2], o[3], 4);
+  return s.in_channels >= 16 && s.out_channels >= 16 && tiles >= kMinTiles;
 }
 
 namespace {
@@ -385,14 +446,14 @@ constexpr int64_t kPositionPad = 16;
 // element gets the FMAs, in the order, of a GEMM with the whole U (the k blocks are the
 // same), so the cut never changes a bit. V is [Cin][stride] per position, or in the
 // packed-B layout when packed_v.
-void streamed_products(const WinogradFilter& f, const WinogradKernels& kern,
+void streamed_products(const WinogradFilter& f, const Variant& var,
                        const PrepackKernels& pk, int64_t count, const float* vd, int64_t stride,
                        bool packed_v, int64_t vpos, float* md, int64_t mpos) {
-  const int64_t cout = f.out_channels, cin = f.in_channels, mr = f.mr;
+  const int64_t cout = f.out_channels, cin = f.in_channels, mr = f.mr, alpha = var.alpha;
   const TapLayout lay{(cout + mr - 1) / mr, mr};
   const int64_t panels = lay.panels;
   const KBlocks kb = k_blocks(cin, f.kc);
-  const int64_t row_floats = 6 * (mr * cin + kTapPad);  // one panel's six positions
+  const int64_t row_floats = alpha * (mr * cin + kTapPad);  // one panel's row of positions
   const int64_t per_block = std::max<int64_t>(
       1, kFilterChunkBytes / (row_floats * static_cast<int64_t>(sizeof(float))));
   // At least one block per thread, and a whole number of blocks per thread when possible.
@@ -408,18 +469,18 @@ void streamed_products(const WinogradFilter& f, const WinogradKernels& kern,
       const int64_t q0 = panels * blk / blocks, q1 = panels * (blk + 1) / blocks;
       const int64_t np = q1 - q0, rows = std::min(q1 * mr, cout) - q0 * mr;
       const int64_t one = np * mr * cin + kTapPad;  // floats of one position's panels, padded
-      for (int ri = 0; ri < 6; ++ri) {
+      for (int ri = 0; ri < alpha; ++ri) {
         for (int64_t b = 0; b < kb.count; ++b) {
           const int64_t p0 = kb.start(b), depth = kb.start(b + 1) - p0;
           for (int64_t r = q0; r < q1; ++r) {
             float* outs[6];
-            for (int64_t j = 0; j < 6; ++j) outs[j] = u + j * one + p0 * np * mr + (r - q0) * mr * depth;
-            kern.filter_row(taps + lay.chunk(b, p0, depth, r), lay.tap_stride(depth), mr * depth,
-                            ri, outs);
+            for (int64_t j = 0; j < alpha; ++j) outs[j] = u + j * one + p0 * np * mr + (r - q0) * mr * depth;
+            var.filter_row(taps + lay.chunk(b, p0, depth, r), lay.tap_stride(depth), mr * depth,
+                           ri, outs);
           }
         }
-        for (int64_t j = 0; j < 6; ++j) {
-          const int64_t xi = ri * 6 + j;
+        for (int64_t j = 0; j < alpha; ++j) {
+          const int64_t xi = ri * alpha + j;
           PrepackedJob job{false, u + j * one, rows, cin, 0, rows, 0, count, false,
                            vd + xi * vpos, stride, 0.0f, md + xi * mpos + q0 * mr * stride,
                            stride, GemmEpilogue{}, packed_v};
@@ -436,15 +497,19 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
                   bool relu, const Shape& os, bool accumulate, float* yd) {
   const int64_t n = x.dim(0), cin = s.in_channels, h = x.dim(2), w = x.dim(3);
   const int64_t cout = s.out_channels, oh = os[2], ow = os[3];
-  const TileGeometry geo{((oh + 3) / 4) * ((ow + 3) / 4), (ow + 3) / 4};
-  const int64_t tiles = n * geo.per_image;
   const Isa isa = active_isa();
+  const WinogradKernels& kern = winograd_kernels(isa);
+  const Variant var = variant(kern, winograd_tile_side(oh, ow, f.streamed()));
+  const int64_t m = var.m, positions = var.positions();
+  const TileGeometry geo{((oh + m - 1) / m) * ((ow + m - 1) / m), (ow + m - 1) / m, m};
+  const int64_t tiles = n * geo.per_image;
   // The transformed inputs are written straight into the layout the GEMM kernels read B
   // in (packed B), when their tiles hold whole lane groups: no copy of B per GEMM call.
   const PrepackKernels* pk = prepack_kernels(isa);
   const bool packed_v = pk && pk->nr % L == 0;
   const int64_t unit = packed_v ? pk->nr : L;
-  const int64_t tb = tile_block(cin, cout, tiles), stride = (tb + unit - 1) / unit * unit;
+  const int64_t tb = tile_block(positions, cin, cout, tiles);
+  const int64_t stride = (tb + unit - 1) / unit * unit;
   const PackedBLayout vlay = packed_v ? packed_b_layout(cin, stride) : PackedBLayout{};
   // Scratch from the tensor block cache: transformed inputs [36][Cin][stride] (each
   // position's Cin x stride in the packed-B layout when packed_v) and
@@ -453,12 +518,11 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
   // of 64), so the 36 vectors a transform reads or writes fell into one L1 set, and
   // input16 and output16 took 2.5 to 3 times as long.
   const int64_t vpos = cin * stride + kPositionPad, mpos = cout * stride + kPositionPad;
-  Tensor vbuf = Tensor::empty({kPositions * vpos});
-  Tensor mbuf = Tensor::empty({kPositions * mpos});
+  Tensor vbuf = Tensor::empty({positions * vpos});
+  Tensor mbuf = Tensor::empty({positions * mpos});
   if (f.isa != isa || (!f.streamed() && f.positions.size() != static_cast<size_t>(kPositions)))
     throw Error("winograd: filters were packed for " + isa_name(f.isa) +
                 " kernels but the active ISA is " + isa_name(isa) + "; transform them again");
-  const WinogradKernels& kern = winograd_kernels(isa);
   const float* xd = x.data();
   float* vd = vbuf.data();
   float* md = mbuf.data();
@@ -472,12 +536,12 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
       for (int64_t item = lo; item < hi; ++item) {
         const int64_t c = item / groups, g = item % groups;
         gather_group(xd, cin, c, h, w, s.pad_h, s.pad_w, pieces + bp.first[g],
-                     pieces + bp.first[g + 1], std::min(L, count - g * L), kern, band, patch);
-        kern.input16(patch, vd + (packed_v ? vlay.offset(c, g * L) : c * stride + g * L), vpos);
+                     pieces + bp.first[g + 1], std::min(L, count - g * L), var, band, patch);
+        var.input(patch, vd + (packed_v ? vlay.offset(c, g * L) : c * stride + g * L), vpos);
       }
     });
     if (f.streamed())
-      streamed_products(f, kern, *pk, count, vd, stride, packed_v, vpos, md, mpos);
+      streamed_products(f, var, *pk, count, vd, stride, packed_v, vpos, md, mpos);
     else
       // One GEMM per transform position: products[xi] = U[xi] (Cout x Cin) * V[xi] (Cin x tiles).
       parallel_for(kPositions, [&](int64_t lo, int64_t hi) {
@@ -498,19 +562,19 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
       for (int64_t item = lo; item < hi; ++item) {
         const int64_t k = item / groups, g = item % groups;
         const int64_t lanes = std::min(L, count - g * L);
-        const float* m = md + k * stride + g * L;
+        const float* mv = md + k * stride + g * L;
         int64_t m_stride = mpos;
         if (lanes < L) {
           // A partial last group: the GEMM left the columns past `count` unwritten.
-          std::fill(last, last + kPositions * L, 0.0f);
-          for (int64_t xi = 0; xi < kPositions; ++xi)
-            std::copy(m + xi * m_stride, m + xi * m_stride + lanes, last + xi * L);
-          m = last;
+          std::fill(last, last + positions * L, 0.0f);
+          for (int64_t xi = 0; xi < positions; ++xi)
+            std::copy(mv + xi * m_stride, mv + xi * m_stride + lanes, last + xi * L);
+          mv = last;
           m_stride = L;
         }
-        kern.output16(m, m_stride, b ? (*b)[k] : 0.0f, relu, out);
-        kern.interleave16(out, tile_rows);
-        store_group(tile_rows, pieces + bp.first[g], pieces + bp.first[g + 1], k, cout, oh, ow,
+        var.output(mv, m_stride, b ? (*b)[k] : 0.0f, relu, out);
+        var.interleave(out, tile_rows);
+        store_group(tile_rows, m, pieces + bp.first[g], pieces + bp.first[g + 1], k, cout, oh, ow,
                     accumulate, yd);
       }
     });

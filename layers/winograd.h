@@ -1,9 +1,10 @@
 // Winograd F(4x4, 3x3) convolution for inference (engine/kernels/winograd.h has the
 // transforms). A 3x3 stride-1 convolution is computed per 4x4 output tile from a 6x6
-// input patch with 36 multiplications per channel pair instead of 144: the filters are
+// input patch with 36 multiplications per channel pair instead of 144 (on 7x7 to 12x12
+// maps, F(2x2, 3x3): 2x2 tiles from 4x4 patches, 16 instead of 36): the filters are
 // transformed once (WinogradFilter, kept by the Conv2d module after
-// Model::prepare_inference), the input tiles per call, and the 36 transform positions
-// become 36 independent GEMMs over channels. Results differ from the direct path by
+// Model::prepare_inference), the input tiles per call, and the 36 (16) transform positions
+// become as many independent GEMMs over channels. Results differ from the direct path by
 // rounding only (tests/test_winograd.cpp bounds the error).
 #pragma once
 #include <cstdint>
@@ -66,6 +67,15 @@ WinogradMode winograd_mode();
 void set_winograd_mode(WinogradMode mode);
 // Parses "0"/"off", "1"/"on", "auto"; throws Error naming `what` otherwise.
 WinogradMode parse_winograd_mode(const std::string& text, const std::string& what);
+
+// Whether maps too small for sixteen 4x4 output tiles but with sixteen 2x2 ones (7x7 to
+// 12x12: ResNet-50's last stage at 224x224, its second at 64x64) use Winograd F(2x2, 3x3)
+// (default on; ISPLIT_WINOGRAD_F2=0 turns it off). Only streamed filters on ISAs with
+// packed GEMM kernels take that path; elsewhere such maps stay with F(4x4, 3x3) when forced
+// on and with the direct convolution under Auto.
+bool winograd_small_maps();
+// Overrides that for this process (tests, benchmarks).
+void set_winograd_small_maps(bool on);
 
 // True when Winograd F(4x4, 3x3) can compute s: 3x3 kernel, stride 1, dilation 1, one group.
 bool winograd_applies(const Conv2dSpec& s);

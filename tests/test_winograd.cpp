@@ -222,6 +222,92 @@ TEST_SUITE("winograd") {
     }
   }
 
+  TEST_CASE("F(2x2, 3x3) on 7x7 and 8x8 maps: forward and data gradient within the bound") {
+    std::mt19937_64 rng(23);
+    const Isa saved = active_isa();
+    const bool saved_small = winograd_small_maps();
+    // {n, cin, cout, h, w, pad}: outputs of 7x7 and 8x8 (and 8x7), odd channel counts,
+    // two images (32 tiles: two lane groups).
+    const int64_t shapes[][6] = {{2, 33, 17, 7, 7, 1}, {1, 16, 40, 8, 8, 1}, {1, 24, 16, 9, 9, 0},
+                                 {2, 16, 19, 6, 6, 2}, {1, 20, 20, 8, 7, 1}};
+    for (Isa isa : {Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+      if (!isa_supported(isa) || !prepack_kernels(isa)) continue;
+      set_active_isa(isa);
+      for (const auto& sh : shapes) {
+        const Conv2dSpec s = spec3x3(sh[1], sh[2], sh[5]);
+        const Tensor x = randn({sh[0], sh[1], sh[3], sh[4]}, rng);
+        const Tensor wt = randn({sh[2], sh[1], 3, 3}, rng, 0.3), b = randn({sh[2]}, rng);
+        const WinogradFilter f = winograd_filter(wt, WinogradFilters::Streamed);
+        Tensor ref = conv2d_forward_naive(x, wt, &b, s);
+        for (int64_t i = 0; i < ref.numel(); ++i) ref[i] = std::max(ref[i], 0.0f);
+        set_winograd_small_maps(true);
+        const Tensor two = conv2d_forward_winograd(x, f, &b, s, true);
+        set_winograd_small_maps(false);
+        const Tensor four = conv2d_forward_winograd(x, f, &b, s, true);
+        REQUIRE(two.shape() == ref.shape());
+        CHECK_MESSAGE(scaled_error(two, ref, x, wt) <= kScaledTol, isa_name(isa) << " " << sh[3]);
+        CHECK(scaled_error(four, ref, x, wt) <= kScaledTol);
+        CHECK_FALSE(same_bits(two, four));  // the switch picks another algorithm
+
+        // The data gradient of the same convolution: the gradient map is the input's.
+        const WinogradFilter ft = winograd_filter_transposed(wt, WinogradFilters::Streamed);
+        const Tensor gy = randn(ref.shape(), rng), start = randn(x.shape(), rng);
+        Tensor want = start.clone(), got = start.clone();
+        conv2d_backward_data(gy, wt, s, want);
+        set_winograd_small_maps(true);
+        conv2d_backward_data_winograd(gy, ft, s, got);
+        CHECK_MESSAGE(scaled_grad_error(got, want, gy, wt) <= kScaledTol, isa_name(isa));
+      }
+    }
+    set_winograd_small_maps(saved_small);
+    set_active_isa(saved);
+  }
+
+  TEST_CASE("F(2x2, 3x3): the transforms give the same bits and move every value on every ISA") {
+    std::mt19937_64 rng(29);
+    std::vector<float> in(16 * kWinogradLanes), m(16 * kWinogradLanes);
+    std::normal_distribution<float> dist(0.0f, 3.0f);
+    for (float& v : in) v = dist(rng);
+    for (float& v : m) v = dist(rng);
+    const WinogradKernels& ref = winograd_kernels(Isa::Scalar);
+    std::vector<float> v_ref(16 * kWinogradLanes), o_ref(4 * kWinogradLanes);
+    ref.input16_2(in.data(), v_ref.data(), kWinogradLanes);
+    ref.output16_2(m.data(), kWinogradLanes, 0.25f, true, o_ref.data());
+    // One patch by hand: B^T d B at position (1, 2) is (d1 + d2) down, (d2 - d1) across.
+    auto d = [&](int r, int c) { return in[(r * 4 + c) * kWinogradLanes]; };
+    auto col = [&](int r) { return d(r, 2) - d(r, 1); };
+    CHECK(v_ref[(1 * 4 + 2) * kWinogradLanes] == doctest::Approx(col(1) + col(2)).epsilon(1e-5));
+    // rows[r][i] = 100 r + i: the gather and interleave placements.
+    std::vector<float> rows_data(4 * 34), out(4 * kWinogradLanes);
+    for (int r = 0; r < 4; ++r)
+      for (int i = 0; i < 34; ++i) rows_data[r * 34 + i] = static_cast<float>(100 * r + i);
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(i) + 0.5f;
+    const float* rows[4];
+    for (int r = 0; r < 4; ++r) rows[r] = rows_data.data() + r * 34;
+    for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+      if (!isa_supported(isa)) continue;
+      const WinogradKernels& k = winograd_kernels(isa);
+      std::vector<float> v(16 * kWinogradLanes), o(4 * kWinogradLanes);
+      k.input16_2(in.data(), v.data(), kWinogradLanes);
+      k.output16_2(m.data(), kWinogradLanes, 0.25f, true, o.data());
+      CHECK_MESSAGE(std::memcmp(v.data(), v_ref.data(), v.size() * 4) == 0, isa_name(isa));
+      CHECK_MESSAGE(std::memcmp(o.data(), o_ref.data(), o.size() * 4) == 0, isa_name(isa));
+      std::vector<float> patch(16 * kWinogradLanes, -1.0f), lines(2 * 32, -1.0f);
+      k.gather16_2(rows, patch.data());
+      k.interleave16_2(out.data(), lines.data());
+      int wrong = 0;
+      for (int r = 0; r < 4; ++r)
+        for (int c = 0; c < 4; ++c)
+          for (int l = 0; l < kWinogradLanes; ++l)
+            wrong += patch[(r * 4 + c) * kWinogradLanes + l] != rows[r][2 * l + c];
+      for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j)
+          for (int l = 0; l < kWinogradLanes; ++l)
+            wrong += lines[i * 32 + 2 * l + j] != out[(i * 2 + j) * kWinogradLanes + l];
+      CHECK_MESSAGE(wrong == 0, isa_name(isa));
+    }
+  }
+
   TEST_CASE("every ISA's whole convolution is within the bound") {
     std::mt19937_64 rng(11);
     const Conv2dSpec s = spec3x3(32, 16, 1);
@@ -283,7 +369,16 @@ TEST_SUITE("winograd") {
     set_winograd_mode(WinogradMode::Auto);
     CHECK(winograd_pays({1, 64, 56, 56}, spec3x3(64, 64, 1)));
     CHECK_FALSE(winograd_pays({1, 3, 224, 224}, spec3x3(3, 64, 1)));  // too few channels
-    CHECK_FALSE(winograd_pays({1, 512, 7, 7}, spec3x3(512, 512, 1)));  // too few tiles
+    // 7x7 has four 4x4 tiles, too few; sixteen 2x2 ones where F(2x2, 3x3) may run.
+    const bool saved_small = winograd_small_maps();
+    set_winograd_small_maps(false);
+    CHECK_FALSE(winograd_pays({1, 512, 7, 7}, spec3x3(512, 512, 1)));
+    set_winograd_small_maps(true);
+    CHECK(winograd_pays({1, 512, 7, 7}, spec3x3(512, 512, 1)) ==
+          (prepack_kernels(active_isa()) != nullptr &&
+           winograd_filters_mode() == WinogradFilters::Streamed));
+    CHECK_FALSE(winograd_pays({1, 512, 5, 5}, spec3x3(512, 512, 1)));  // nine 2x2 tiles
+    set_winograd_small_maps(saved_small);
     set_winograd_mode(WinogradMode::Off);
     CHECK_FALSE(winograd_pays({1, 64, 56, 56}, spec3x3(64, 64, 1)));
     set_winograd_mode(WinogradMode::On);

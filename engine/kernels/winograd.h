@@ -1,4 +1,4 @@
-// Winograd F(4x4, 3x3) tile transforms, one table per ISA (engine/kernels/winograd_impl.h
+// Winograd F(4x4, 3x3) and F(2x2, 3x3) tile transforms, one table per ISA (engine/kernels/winograd_impl.h
 // holds the one source every table is compiled from, each with its own ISA flags).
 //
 // Sixteen tiles travel side by side, one per lane: a transform reads and writes arrays of
@@ -37,6 +37,19 @@ struct WinogradKernels {
   // (G g G^T)[row][j] of each filter to out[j][e], j = 0..5. Rounds the same way on every ISA.
   void (*filter_row)(const float* taps, int64_t tap_stride, int64_t len, int row,
                      float* const* out);
+  // The same five for F(2x2, 3x3) (maps too small for sixteen 4x4 tiles: 7x7 to 12x12):
+  // 4x4 patches and 16 positions (xi = row * 4 + column), 2x2 output tiles.
+  // in[(r * 4 + c) * 16 + lane] -> v[xi * stride + lane].
+  void (*input16_2)(const float* in, float* v, int64_t stride);
+  // m[xi * stride + lane] -> out[(i * 2 + j) * 16 + lane] (+ bias, then ReLU).
+  void (*output16_2)(const float* m, int64_t stride, float bias, bool relu, float* out);
+  // patch[(r * 4 + col) * 16 + l] = rows[r][2 * l + col] for r, col < 4 (34 floats per row).
+  void (*gather16_2)(const float* const* rows, float* patch);
+  // rows[i * 32 + 2 * l + j] = out[(i * 2 + j) * 16 + l].
+  void (*interleave16_2)(const float* out, float* rows);
+  // (G g G^T)[row][j] for j = 0..3, row = 0..3, as filter_row.
+  void (*filter_row_2)(const float* taps, int64_t tap_stride, int64_t len, int row,
+                       float* const* out);
 };
 
 // The transforms of one ISA (unsupported ones give the scalar table).

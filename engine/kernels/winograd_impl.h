@@ -180,6 +180,80 @@ void output16(const float* m, int64_t stride, float bias, bool relu, float* out)
     for (int64_t i = 0; i < 16 * L; ++i) out[i] = out[i] > 0.0f ? out[i] : 0.0f;
 }
 
+// ---- F(2x2, 3x3): 4x4 input patches, 2x2 output tiles, 16 transform positions.
+// B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2;
+// 0 0 1], A^T = [1 1 1 0; 0 1 -1 -1] (Lavin and Gray's points 0, +-1, inf).
+
+// o[k * os] = (B^T s)[k] for the 4-vector s[k * ss], lane by lane; through a local block
+// as apply_bt does.
+inline void apply_bt2(const float* s, int64_t ss, float* o, int64_t os) {
+  alignas(64) float r[4][L];
+  for (int64_t l = 0; l < L; ++l) {
+    const float d0 = s[l], d1 = s[ss + l], d2 = s[2 * ss + l], d3 = s[3 * ss + l];
+    r[0][l] = d0 - d2;
+    r[1][l] = d1 + d2;
+    r[2][l] = d2 - d1;
+    r[3][l] = d1 - d3;
+  }
+  for (int64_t k = 0; k < 4; ++k)
+    for (int64_t l = 0; l < L; ++l) o[k * os + l] = r[k][l];
+}
+
+// WinogradKernels::input16_2: v = B^T d B for sixteen 4x4 patches.
+void input16_2(const float* in, float* v, int64_t stride) {
+  alignas(64) float t[16 * L];
+  for (int64_t c = 0; c < 4; ++c) apply_bt2(in + c * L, 4 * L, t + c * L, 4 * L);
+  for (int64_t r = 0; r < 4; ++r) apply_bt2(t + r * 4 * L, L, v + r * 4 * stride, stride);
+}
+
+// WinogradKernels::output16_2: out = A^T m A + bias (then ReLU) for sixteen tiles.
+void output16_2(const float* m, int64_t stride, float bias, bool relu, float* out) {
+  alignas(64) float t[8 * L];  // A^T applied down each column: t[(i * 4 + c) * L + l]
+  for (int64_t c = 0; c < 4; ++c)
+    for (int64_t l = 0; l < L; ++l) {
+      const float m0 = m[c * stride + l], m1 = m[(4 + c) * stride + l];
+      const float m2 = m[(8 + c) * stride + l], m3 = m[(12 + c) * stride + l];
+      t[c * L + l] = (m0 + m1) + m2;
+      t[(4 + c) * L + l] = (m1 - m2) - m3;
+    }
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t l = 0; l < L; ++l) {
+      const float* r = t + i * 4 * L;
+      out[(i * 2) * L + l] = ((r[l] + r[L + l]) + r[2 * L + l]) + bias;
+      out[(i * 2 + 1) * L + l] = ((r[L + l] - r[2 * L + l]) - r[3 * L + l]) + bias;
+    }
+  if (relu)
+    for (int64_t i = 0; i < 4 * L; ++i) out[i] = out[i] > 0.0f ? out[i] : 0.0f;
+}
+
+// WinogradKernels::gather16_2: patch[(r * 4 + col) * 16 + l] = rows[r][2 * l + col] for
+// r, col < 4. Columns 2 and 3 of tile l are columns 0 and 1 of tile l + 1.
+void gather16_2(const float* const* rows, float* patch) {
+  for (int64_t r = 0; r < 4; ++r) {
+    const float* s = rows[r];
+    float* p = patch + r * 4 * L;
+    for (int64_t l = 0; l < L; ++l) {
+      p[l] = s[2 * l];
+      p[L + l] = s[2 * l + 1];
+    }
+    for (int64_t l = 0; l + 1 < L; ++l) {
+      p[2 * L + l] = p[l + 1];
+      p[3 * L + l] = p[L + l + 1];
+    }
+    p[3 * L - 1] = s[2 * L];
+    p[4 * L - 1] = s[2 * L + 1];
+  }
+}
+
+// WinogradKernels::interleave16_2: rows[i * 32 + 2 * l + j] = out[(i * 2 + j) * 16 + l].
+void interleave16_2(const float* out, float* rows) {
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t l = 0; l < L; ++l) {
+      rows[i * 2 * L + 2 * l] = out[(i * 2) * L + l];
+      rows[i * 2 * L + 2 * l + 1] = out[(i * 2 + 1) * L + l];
+    }
+}
+
 // The widest vector of this translation unit's ISA, as a value: each lane rounds on its own.
 #if defined(__AVX512F__)
 constexpr int kVecLanes = 16;
@@ -231,30 +305,76 @@ inline void filter16(const float* const* g, float* const* o) {
   }
 }
 
-// filter_row for one row R: whole blocks of sixteen in place, a short last one through
-// zero-padded copies.
-template <int R>
-void filter_row_of(const float* taps, int64_t tap_stride, int64_t len, float* const* out) {
+// One row of a filter transform with J outputs, filter16-style block function F: whole
+// blocks of sixteen in place, a short last one through zero-padded copies.
+template <int J, void (*F)(const float* const*, float* const*)>
+void filter_row_with(const float* taps, int64_t tap_stride, int64_t len, float* const* out) {
   const float* g[9];
-  float* o[6];
+  float* o[J];
   int64_t e = 0;
   for (; e + L <= len; e += L) {
     for (int64_t t = 0; t < 9; ++t) g[t] = taps + t * tap_stride + e;
-    for (int64_t j = 0; j < 6; ++j) o[j] = out[j] + e;
-    filter16<R>(g, o);
+    for (int64_t j = 0; j < J; ++j) o[j] = out[j] + e;
+    F(g, o);
   }
   if (e == len) return;
   const int64_t n = len - e;
   alignas(64) float gin[9][L] = {};
-  alignas(64) float gout[6][L];
+  alignas(64) float gout[J][L];
   for (int64_t t = 0; t < 9; ++t) {
     for (int64_t l = 0; l < n; ++l) gin[t][l] = taps[t * tap_stride + e + l];
     g[t] = gin[t];
   }
-  for (int64_t j = 0; j < 6; ++j) o[j] = gout[j];
-  filter16<R>(g, o);
-  for (int64_t j = 0; j < 6; ++j)
+  for (int64_t j = 0; j < J; ++j) o[j] = gout[j];
+  F(g, o);
+  for (int64_t j = 0; j < J; ++j)
     for (int64_t l = 0; l < n; ++l) out[j][e + l] = gout[j][l];
+}
+
+template <int R>
+void filter_row_of(const float* taps, int64_t tap_stride, int64_t len, float* const* out) {
+  filter_row_with<6, filter16<R>>(taps, tap_stride, len, out);
+}
+
+// Row R of G (F(2x2, 3x3)) applied to the 3-vector (x0, x1, x2); the halvings are exact.
+template <int R, class T>
+inline T g2_row(T x0, T x1, T x2) {
+  if constexpr (R == 0) return x0;
+  if constexpr (R == 1) return ((x0 + x1) + x2) * 0.5f;
+  if constexpr (R == 2) return ((x0 - x1) + x2) * 0.5f;
+  return x2;
+}
+
+// filter16 for F(2x2, 3x3): o[j][l] gets (G g G^T)[R][j], j = 0..3.
+template <int R>
+inline void filter16_2(const float* const* g, float* const* o) {
+  for (int64_t l = 0; l < L; l += kVecLanes) {
+    Vec x[9];
+    for (int t = 0; t < 9; ++t) x[t] = load_lanes(g[t] + l);
+    const Vec t0 = g2_row<R>(x[0], x[3], x[6]);
+    const Vec t1 = g2_row<R>(x[1], x[4], x[7]);
+    const Vec t2 = g2_row<R>(x[2], x[5], x[8]);
+    store_lanes(o[0] + l, g2_row<0>(t0, t1, t2));
+    store_lanes(o[1] + l, g2_row<1>(t0, t1, t2));
+    store_lanes(o[2] + l, g2_row<2>(t0, t1, t2));
+    store_lanes(o[3] + l, g2_row<3>(t0, t1, t2));
+  }
+}
+
+// filter_row_of for F(2x2, 3x3).
+template <int R>
+void filter_row2_of(const float* taps, int64_t tap_stride, int64_t len, float* const* out) {
+  filter_row_with<4, filter16_2<R>>(taps, tap_stride, len, out);
+}
+
+// WinogradKernels::filter_row_2.
+void filter_row_2(const float* taps, int64_t tap_stride, int64_t len, int row, float* const* out) {
+  switch (row) {
+    case 0: return filter_row2_of<0>(taps, tap_stride, len, out);
+    case 1: return filter_row2_of<1>(taps, tap_stride, len, out);
+    case 2: return filter_row2_of<2>(taps, tap_stride, len, out);
+    default: return filter_row2_of<3>(taps, tap_stride, len, out);
+  }
 }
 
 // WinogradKernels::filter_row.

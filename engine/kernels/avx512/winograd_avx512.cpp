@@ -5,6 +5,8 @@ namespace isplit {
 
 const WinogradKernels kWinogradAvx512 = {winograd_impl::input16, winograd_impl::output16,
                                          winograd_impl::gather16, winograd_impl::interleave16,
-                                         winograd_impl::filter_row};
+                                         winograd_impl::filter_row, winograd_impl::input16_2,
+    winograd_impl::output16_2, winograd_impl::gather16_2, winograd_impl::interleave16_2,
+    winograd_impl::filter_row_2};
 
 }  // namespace isplit

@@ -6,7 +6,9 @@ namespace isplit {
 
 const WinogradKernels kWinogradScalar = {winograd_impl::input16, winograd_impl::output16,
                                          winograd_impl::gather16, winograd_impl::interleave16,
-                                         winograd_impl::filter_row};
+                                         winograd_impl::filter_row, winograd_impl::input16_2,
+    winograd_impl::output16_2, winograd_impl::gather16_2, winograd_impl::interleave16_2,
+    winograd_impl::filter_row_2};
 
 const WinogradKernels& winograd_kernels(Isa isa) {
 #if defined(ISPLIT_HAVE_X86_KERNELS)
