@@ -2,7 +2,8 @@
 // input16 and output16 on sixteen tiles with the position stride run_winograd uses
 // (channels x tile stride plus a pad, "padded") and without the pad ("4k", a multiple of
 // 4 KiB, which puts all 36 positions into one L1 set), and filter_row on one panel of
-// taps. Reports ns per call and transformed values per second.
+// taps; the F(2x2, 3x3) ones ("f2", padded stride) likewise. Reports ns per call and
+// transformed values per second.
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -71,6 +72,32 @@ void bm_filter_rows(benchmark::State& state, Isa isa) {
   state.counters["values"] = benchmark::Counter(36.0 * len, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The F(2x2, 3x3) transforms: input16_2 and output16_2 on sixteen tiles (padded stride),
+// the four filter rows of one panel as bm_filter_rows.
+void bm_f2(benchmark::State& state, Isa isa, int which) {
+  const WinogradKernels& k = isplit::winograd_kernels(isa);
+  const int64_t pos = position_stride(true), len = 6 * 256, tap_stride = len + 16;
+  const Tensor in = filled({kSets * 16 * kLanes}, 4), m = filled({16 * pos}, 5);
+  const Tensor taps = filled({9 * tap_stride}, 6);
+  Tensor v = Tensor::zeros({16 * pos}), out = Tensor::zeros({kSets * 4 * kLanes});
+  Tensor rows = Tensor::zeros({4 * tap_stride});
+  float* o[4];
+  for (int64_t j = 0; j < 4; ++j) o[j] = rows.data() + j * tap_stride;
+  int64_t i = 0;
+  for (auto _ : state) {
+    const int64_t set = i++ % kSets;
+    if (which == 0)
+      k.input16_2(in.data() + set * 16 * kLanes, v.data() + set * kLanes, pos);
+    else if (which == 1)
+      k.output16_2(m.data() + set * kLanes, pos, 0.25f, true, out.data() + set * 4 * kLanes);
+    else
+      for (int row = 0; row < 4; ++row) k.filter_row_2(taps.data(), tap_stride, len, row, o);
+    benchmark::ClobberMemory();
+  }
+  const double values = which == 0 ? 16.0 * kLanes : which == 1 ? 4.0 * kLanes : 16.0 * len;
+  state.counters["values"] = benchmark::Counter(values, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // Registers the transforms for every ISA this machine runs.
 int register_winograd_benchmarks() {
   for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
@@ -85,6 +112,11 @@ int register_winograd_benchmarks() {
     }
     benchmark::RegisterBenchmark(("WinogradTransform/filter_rows/" + tag).c_str(), bm_filter_rows,
                                  isa);
+    const char* f2_names[] = {"input16_2", "output16_2", "filter_rows_2"};
+    for (int which = 0; which < 3; ++which)
+      benchmark::RegisterBenchmark(
+          ("WinogradTransform/" + std::string(f2_names[which]) + "/" + tag + "/f2").c_str(), bm_f2,
+          isa, which);
   }
   return 0;
 }
