@@ -161,7 +161,7 @@ void gather_group(const float* x, int64_t channels, int64_t c, int64_t h, int64_
   if (direct) {
     for (int64_t r = 0; r < alpha; ++r) rows[r] = src + r * w;
   } else {
-    // Only the columns [4 l0, 4 l1) of each piece are ever kept; past the group, band holds
+    // Only the columns [m l0, m l1) of each piece are ever kept; past the group, band holds
     // zeros or an earlier group's values, which only unused lanes read.
     for (const Piece* p = pieces; p != pieces_end; ++p) {
       const float* plane = x + (p->img * channels + c) * h * w;
@@ -511,9 +511,9 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
   const int64_t tb = tile_block(positions, cin, cout, tiles);
   const int64_t stride = (tb + unit - 1) / unit * unit;
   const PackedBLayout vlay = packed_v ? packed_b_layout(cin, stride) : PackedBLayout{};
-  // Scratch from the tensor block cache: transformed inputs [36][Cin][stride] (each
+  // Scratch from the tensor block cache: transformed inputs [positions][Cin][stride] (each
   // position's Cin x stride in the packed-B layout when packed_v) and
-  // products [36][Cout][stride] of one block of tiles, position xi at xi * vpos and
+  // products [positions][Cout][stride] of one block of tiles, position xi at xi * vpos and
   // xi * mpos. Without the pad those were multiples of 4 KiB (channel counts are multiples
   // of 64), so the 36 vectors a transform reads or writes fell into one L1 set, and
   // input16 and output16 took 2.5 to 3 times as long.
