@@ -268,12 +268,18 @@ int64_t tiles_of(int64_t oh, int64_t ow, int64_t m) { return ((oh + m - 1) / m) 
 // Lane groups' worth of tiles below which a map counts as small.
 constexpr int64_t kMinTiles = 16;
 
-// The side of the output tiles for an oh x ow output: 4 (F(4x4, 3x3)), or 2 where that
-// leaves fewer than a lane group of tiles but 2x2 tiles fill one (7x7 to 12x12 maps) and
-// the filters are streamed (F(2x2, 3x3) transforms them as it goes).
-int64_t winograd_tile_side(int64_t oh, int64_t ow, bool streamed) {
+// Channel pairs from which F(2x2, 3x3) beats the direct convolution on an 8x8 map (two
+// threads, this repository's kernels): 64 x 64 was 5-10 % slower with the weights in
+// cache and even without, 128 x 128 and more 13-30 % faster (docs/benchmarks.md).
+constexpr int64_t kMinPairsF2 = 128 * 128;
+
+// The side of the output tiles for an oh x ow output of cin -> cout channels: 4
+// (F(4x4, 3x3)), or 2 where that leaves fewer than a lane group of tiles but 2x2 tiles
+// fill one (7x7 to 12x12 maps), the layer is wide enough, and the filters are streamed
+// (F(2x2, 3x3) transforms them as it goes).
+int64_t winograd_tile_side(int64_t oh, int64_t ow, int64_t cin, int64_t cout, bool streamed) {
   const bool small = tiles_of(oh, ow, 4) < kMinTiles && tiles_of(oh, ow, 2) >= kMinTiles;
-  return small && streamed && f2_available() ? 2 : 4;
+  return small && cin * cout >= kMinPairsF2 && streamed && f2_available() ? 2 : 4;
 }
 }  // namespace
 
@@ -290,7 +296,7 @@ bool winograd_pays(const Shape& x, const Conv2dSpec& s) {
   // the batch it came in (sharded analyses merge to exactly the single run).
   const Shape o = conv2d_out_shape(x, s);
   // Filters made now are streamed when f2_available() (it checks the form).
-  const int64_t tiles = winograd_tile_side(o[2], o[3], true) == 2
+  const int64_t tiles = winograd_tile_side(o[2], o[3], s.in_channels, s.out_channels, true) == 2
                             ? tiles_of(o[2], o[3], 2)
                             : tiles_of(o[2], o[3], 4);
   return s.in_channels >= 16 && s.out_channels >= 16 && tiles >= kMinTiles;
@@ -499,7 +505,7 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
   const int64_t cout = s.out_channels, oh = os[2], ow = os[3];
   const Isa isa = active_isa();
   const WinogradKernels& kern = winograd_kernels(isa);
-  const Variant var = variant(kern, winograd_tile_side(oh, ow, f.streamed()));
+  const Variant var = variant(kern, winograd_tile_side(oh, ow, cin, cout, f.streamed()));
   const int64_t m = var.m, positions = var.positions();
   const TileGeometry geo{((oh + m - 1) / m) * ((ow + m - 1) / m), (ow + m - 1) / m, m};
   const int64_t tiles = n * geo.per_image;

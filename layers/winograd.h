@@ -70,9 +70,9 @@ WinogradMode parse_winograd_mode(const std::string& text, const std::string& wha
 
 // Whether maps too small for sixteen 4x4 output tiles but with sixteen 2x2 ones (7x7 to
 // 12x12: ResNet-50's last stage at 224x224, its second at 64x64) use Winograd F(2x2, 3x3)
-// (default on; ISPLIT_WINOGRAD_F2=0 turns it off). Only streamed filters on ISAs with
-// packed GEMM kernels take that path; elsewhere such maps stay with F(4x4, 3x3) when forced
-// on and with the direct convolution under Auto.
+// in layers of at least 128 x 128 channel pairs (default on; ISPLIT_WINOGRAD_F2=0 turns it
+// off). Only streamed filters on ISAs with packed GEMM kernels take that path; elsewhere
+// such maps stay with F(4x4, 3x3) when forced on and with the direct convolution under Auto.
 bool winograd_small_maps();
 // Overrides that for this process (tests, benchmarks).
 void set_winograd_small_maps(bool on);

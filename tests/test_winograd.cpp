@@ -226,10 +226,12 @@ TEST_SUITE("winograd") {
     std::mt19937_64 rng(23);
     const Isa saved = active_isa();
     const bool saved_small = winograd_small_maps();
-    // {n, cin, cout, h, w, pad}: outputs of 7x7 and 8x8 (and 8x7), odd channel counts,
-    // two images (32 tiles: two lane groups).
-    const int64_t shapes[][6] = {{2, 33, 17, 7, 7, 1}, {1, 16, 40, 8, 8, 1}, {1, 24, 16, 9, 9, 0},
-                                 {2, 16, 19, 6, 6, 2}, {1, 20, 20, 8, 7, 1}};
+    // {n, cin, cout, h, w, pad}: outputs of 7x7 and 8x8 (and 8x7), channel counts off the
+    // panel heights, two images (32 tiles: two lane groups); at least 128 x 128 channel
+    // pairs, where F(2x2, 3x3) is chosen.
+    const int64_t shapes[][6] = {{2, 129, 130, 7, 7, 1}, {1, 128, 128, 8, 8, 1},
+                                 {1, 136, 121, 9, 9, 0}, {2, 131, 128, 6, 6, 2},
+                                 {1, 160, 128, 8, 7, 1}};
     for (Isa isa : {Isa::Avx2, Isa::Avx512, Isa::Neon}) {
       if (!isa_supported(isa) || !prepack_kernels(isa)) continue;
       set_active_isa(isa);
@@ -378,6 +380,7 @@ TEST_SUITE("winograd") {
           (prepack_kernels(active_isa()) != nullptr &&
            winograd_filters_mode() == WinogradFilters::Streamed));
     CHECK_FALSE(winograd_pays({1, 512, 5, 5}, spec3x3(512, 512, 1)));  // nine 2x2 tiles
+    CHECK_FALSE(winograd_pays({1, 64, 8, 8}, spec3x3(64, 64, 1)));     // too narrow for it
     set_winograd_small_maps(saved_small);
     set_winograd_mode(WinogradMode::Off);
     CHECK_FALSE(winograd_pays({1, 64, 56, 56}, spec3x3(64, 64, 1)));
