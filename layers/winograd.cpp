@@ -52,10 +52,7 @@ std::atomic<int>& mode_slot() {
 }
 
 std::atomic<bool>& small_maps_slot() {
-  static std::atomic<bool> slot{[] {
-    const char* e = std::getenv("ISPLIT_WINOGRAD_F2");
-    return !e || !*e || std::string(e) != "0";
-  }()};
+  static std::atomic<bool> slot{env_switch("ISPLIT_WINOGRAD_F2", true)};
   return slot;
 }
 

@@ -7,7 +7,9 @@
 // (the build uses -ffp-contract=off), so the compiler turns each line into vector
 // instructions and every ISA gives the scalar table's bits.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #if defined(__AVX512F__) || defined(__SSE2__)
 #include <immintrin.h>
@@ -285,37 +287,55 @@ inline T g_row(T x0, T x1, T x2) {
   return x2;
 }
 
-// Row R of the filter transform for sixteen filters: g[t][l] is tap t of filter l, and
-// o[j][l] gets (G g G^T)[R][j]. The taps are loaded into registers and each result is
-// stored once (a local block in between cost three stores per result).
-template <int R>
-inline void filter16(const float* const* g, float* const* o) {
+// Row R of G (F(2x2, 3x3)) applied to the 3-vector (x0, x1, x2); the halvings are exact.
+template <int R, class T>
+inline T g2_row(T x0, T x1, T x2) {
+  if constexpr (R == 0) return x0;
+  if constexpr (R == 1) return ((x0 + x1) + x2) * 0.5f;
+  if constexpr (R == 2) return ((x0 - x1) + x2) * 0.5f;
+  return x2;
+}
+
+// The two filter transforms: J rows of G, and row R applied to a 3-vector.
+struct GF4 {
+  static constexpr int J = 6;
+  template <int R, class T>
+  static T row(T x0, T x1, T x2) { return g_row<R>(x0, x1, x2); }
+};
+struct GF2 {
+  static constexpr int J = 4;
+  template <int R, class T>
+  static T row(T x0, T x1, T x2) { return g2_row<R>(x0, x1, x2); }
+};
+
+// Row R of the filter transform G for sixteen filters: g[t][l] is tap t of filter l, and
+// o[j][l] gets (G g G^T)[R][j], j < G::J. The taps are loaded into registers and each
+// result is stored once (a local block in between cost three stores per result).
+template <class G, int R, size_t... J>
+inline void filter16(const float* const* g, float* const* o, std::index_sequence<J...>) {
   for (int64_t l = 0; l < L; l += kVecLanes) {
     Vec x[9];
     for (int t = 0; t < 9; ++t) x[t] = load_lanes(g[t] + l);
-    const Vec t0 = g_row<R>(x[0], x[3], x[6]);
-    const Vec t1 = g_row<R>(x[1], x[4], x[7]);
-    const Vec t2 = g_row<R>(x[2], x[5], x[8]);
-    store_lanes(o[0] + l, g_row<0>(t0, t1, t2));
-    store_lanes(o[1] + l, g_row<1>(t0, t1, t2));
-    store_lanes(o[2] + l, g_row<2>(t0, t1, t2));
-    store_lanes(o[3] + l, g_row<3>(t0, t1, t2));
-    store_lanes(o[4] + l, g_row<4>(t0, t1, t2));
-    store_lanes(o[5] + l, g_row<5>(t0, t1, t2));
+    const Vec t0 = G::template row<R>(x[0], x[3], x[6]);
+    const Vec t1 = G::template row<R>(x[1], x[4], x[7]);
+    const Vec t2 = G::template row<R>(x[2], x[5], x[8]);
+    (store_lanes(o[J] + l, G::template row<static_cast<int>(J)>(t0, t1, t2)), ...);
   }
 }
 
-// One row of a filter transform with J outputs, filter16-style block function F: whole
-// blocks of sixteen in place, a short last one through zero-padded copies.
-template <int J, void (*F)(const float* const*, float* const*)>
-void filter_row_with(const float* taps, int64_t tap_stride, int64_t len, float* const* out) {
+// One row R of filter transform G over len filters: whole blocks of sixteen in place, a
+// short last one through zero-padded copies.
+template <class G, int R>
+void filter_row_of(const float* taps, int64_t tap_stride, int64_t len, float* const* out) {
+  constexpr int J = G::J;
+  const auto rows = std::make_index_sequence<J>{};
   const float* g[9];
   float* o[J];
   int64_t e = 0;
   for (; e + L <= len; e += L) {
     for (int64_t t = 0; t < 9; ++t) g[t] = taps + t * tap_stride + e;
     for (int64_t j = 0; j < J; ++j) o[j] = out[j] + e;
-    F(g, o);
+    filter16<G, R>(g, o, rows);
   }
   if (e == len) return;
   const int64_t n = len - e;
@@ -326,66 +346,30 @@ void filter_row_with(const float* taps, int64_t tap_stride, int64_t len, float* 
     g[t] = gin[t];
   }
   for (int64_t j = 0; j < J; ++j) o[j] = gout[j];
-  F(g, o);
+  filter16<G, R>(g, o, rows);
   for (int64_t j = 0; j < J; ++j)
     for (int64_t l = 0; l < n; ++l) out[j][e + l] = gout[j][l];
-}
-
-template <int R>
-void filter_row_of(const float* taps, int64_t tap_stride, int64_t len, float* const* out) {
-  filter_row_with<6, filter16<R>>(taps, tap_stride, len, out);
-}
-
-// Row R of G (F(2x2, 3x3)) applied to the 3-vector (x0, x1, x2); the halvings are exact.
-template <int R, class T>
-inline T g2_row(T x0, T x1, T x2) {
-  if constexpr (R == 0) return x0;
-  if constexpr (R == 1) return ((x0 + x1) + x2) * 0.5f;
-  if constexpr (R == 2) return ((x0 - x1) + x2) * 0.5f;
-  return x2;
-}
-
-// filter16 for F(2x2, 3x3): o[j][l] gets (G g G^T)[R][j], j = 0..3.
-template <int R>
-inline void filter16_2(const float* const* g, float* const* o) {
-  for (int64_t l = 0; l < L; l += kVecLanes) {
-    Vec x[9];
-    for (int t = 0; t < 9; ++t) x[t] = load_lanes(g[t] + l);
-    const Vec t0 = g2_row<R>(x[0], x[3], x[6]);
-    const Vec t1 = g2_row<R>(x[1], x[4], x[7]);
-    const Vec t2 = g2_row<R>(x[2], x[5], x[8]);
-    store_lanes(o[0] + l, g2_row<0>(t0, t1, t2));
-    store_lanes(o[1] + l, g2_row<1>(t0, t1, t2));
-    store_lanes(o[2] + l, g2_row<2>(t0, t1, t2));
-    store_lanes(o[3] + l, g2_row<3>(t0, t1, t2));
-  }
-}
-
-// filter_row_of for F(2x2, 3x3).
-template <int R>
-void filter_row2_of(const float* taps, int64_t tap_stride, int64_t len, float* const* out) {
-  filter_row_with<4, filter16_2<R>>(taps, tap_stride, len, out);
 }
 
 // WinogradKernels::filter_row_2.
 void filter_row_2(const float* taps, int64_t tap_stride, int64_t len, int row, float* const* out) {
   switch (row) {
-    case 0: return filter_row2_of<0>(taps, tap_stride, len, out);
-    case 1: return filter_row2_of<1>(taps, tap_stride, len, out);
-    case 2: return filter_row2_of<2>(taps, tap_stride, len, out);
-    default: return filter_row2_of<3>(taps, tap_stride, len, out);
+    case 0: return filter_row_of<GF2, 0>(taps, tap_stride, len, out);
+    case 1: return filter_row_of<GF2, 1>(taps, tap_stride, len, out);
+    case 2: return filter_row_of<GF2, 2>(taps, tap_stride, len, out);
+    default: return filter_row_of<GF2, 3>(taps, tap_stride, len, out);
   }
 }
 
 // WinogradKernels::filter_row.
 void filter_row(const float* taps, int64_t tap_stride, int64_t len, int row, float* const* out) {
   switch (row) {
-    case 0: return filter_row_of<0>(taps, tap_stride, len, out);
-    case 1: return filter_row_of<1>(taps, tap_stride, len, out);
-    case 2: return filter_row_of<2>(taps, tap_stride, len, out);
-    case 3: return filter_row_of<3>(taps, tap_stride, len, out);
-    case 4: return filter_row_of<4>(taps, tap_stride, len, out);
-    default: return filter_row_of<5>(taps, tap_stride, len, out);
+    case 0: return filter_row_of<GF4, 0>(taps, tap_stride, len, out);
+    case 1: return filter_row_of<GF4, 1>(taps, tap_stride, len, out);
+    case 2: return filter_row_of<GF4, 2>(taps, tap_stride, len, out);
+    case 3: return filter_row_of<GF4, 3>(taps, tap_stride, len, out);
+    case 4: return filter_row_of<GF4, 4>(taps, tap_stride, len, out);
+    default: return filter_row_of<GF4, 5>(taps, tap_stride, len, out);
   }
 }
 
