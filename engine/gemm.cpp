@@ -299,6 +299,19 @@ void gemm_prepacked_single(const PackedMatrix& a, bool trans_b, int64_t n, const
   run_prepacked_gemm(a, trans_b, n, b, ldb, beta, c, ldc, epilogue, false, false);
 }
 
+bool gemm_prepacked_single_rows(const PackedMatrix& a, int64_t n, const float* b,
+                                const int64_t* b_rows, float* c, int64_t ldc,
+                                const GemmEpilogue& epilogue) {
+  const Isa isa = active_isa();
+  const PrepackKernels* kern = prepack_kernels(isa);
+  if (!kern || isa != a.isa_) return false;
+  if (a.m_ <= 0 || n <= 0) return true;
+  const PrepackedJob job{false, a.layout(false), a.m_, a.k_, 0, a.m_, 0, n, false, b, 0, 0.0f,
+                         c, ldc, epilogue, false, b_rows};
+  kern->run(job);
+  return true;
+}
+
 PackedBLayout packed_b_layout(int64_t k, int64_t n) {
   const PrepackKernels* kern = prepack_kernels(active_isa());
   if (!kern) throw Error("packed_b_layout: " + isa_name(active_isa()) + " has no prepacked kernels");

@@ -96,6 +96,8 @@ class PackedMatrix {
  private:
   friend void run_prepacked_gemm(const PackedMatrix&, bool, int64_t, const float*, int64_t, float,
                                  float*, int64_t, const GemmEpilogue&, bool, bool);
+  friend bool gemm_prepacked_single_rows(const PackedMatrix&, int64_t, const float*,
+                                         const int64_t*, float*, int64_t, const GemmEpilogue&);
   // The layout for lanes along M (lanes_m) or along N, packed on first use.
   const float* layout(bool lanes_m) const;
   // Floats spanned by the source matrix (its last element's offset + 1).
@@ -125,6 +127,15 @@ void gemm_prepacked(const PackedMatrix& a, bool trans_b, int64_t n, const float*
 void gemm_prepacked_single(const PackedMatrix& a, bool trans_b, int64_t n, const float* b,
                            int64_t ldb, float beta, float* c, int64_t ldc,
                            const GemmEpilogue& epilogue = {});
+
+// gemm_prepacked_single (beta 0) with row p of B (K x N) the N floats at b + b_rows[p]:
+// rows anywhere, such as the taps of a convolution read from a prepared copy of its input,
+// copied into the kernels' layout one tile of columns at a time instead of expanded whole.
+// Same bits as gemm_prepacked_single on the expanded B. False, with nothing written, when
+// the active ISA has no prepacked kernels or a is packed for another ISA.
+bool gemm_prepacked_single_rows(const PackedMatrix& a, int64_t n, const float* b,
+                                const int64_t* b_rows, float* c, int64_t ldc,
+                                const GemmEpilogue& epilogue = {});
 
 // The "packed B" layout of a K x N right operand: the layout the panel kernels of an ISA
 // read in place, with no copy per call. K is cut into the kernels' k blocks; block
@@ -176,6 +187,8 @@ struct PrepackedJob {
   GemmEpilogue epilogue;
   bool b_packed = false;  // B in the packed-B layout (PackedBLayout; ldb its row floats,
                           // n0 a multiple of NR, lanes along N only)
+  const int64_t* b_rows = nullptr;  // row p of B is at b + b_rows[p] (ldb unused; lanes
+                                    // along N, beta 0; see gemm_prepacked_single_rows)
 };
 struct PrepackKernels {
   int64_t mr, nr, vl;        // micro-tile rows and columns, vector lanes

@@ -34,6 +34,7 @@ Tensor random_tensor(std::mt19937& rng, const Shape& shape) {
 
 struct ConvCase {
   int64_t cin, cout, kernel, stride, pad, batch, size;
+  int64_t dilation = 1;
 };
 
 // The convolution a case describes.
@@ -44,6 +45,7 @@ Conv2dSpec spec_of(const ConvCase& c) {
   s.kh = s.kw = c.kernel;
   s.stride_h = s.stride_w = c.stride;
   s.pad_h = s.pad_w = c.pad;
+  s.dil_h = s.dil_w = c.dilation;
   return s;
 }
 
@@ -62,6 +64,12 @@ TEST_SUITE("conv_packed") {
         {16, 40, 3, 2, 1, 3, 9},      // 3x3 stride 2, batched
         {8, 24, 3, 1, 1, 2, 40},      // 3x3, large map: im2col bands
         {3, 64, 7, 2, 3, 1, 32},      // the ResNet stem
+        // Small weights in per-thread bands, B's rows read from the band's input split
+        // into column phases: output widths off the tile width, a stride of 3, dilation.
+        {3, 64, 7, 2, 3, 2, 45},      // the stem, 23x23 output: partial tiles, two images
+        {3, 20, 3, 1, 1, 1, 37},      // VGG16's first layer shape, 37 wide
+        {2, 13, 5, 3, 2, 2, 50},      // three column phases, 17x17 output
+        {4, 9, 3, 2, 2, 1, 41, 2},    // dilation 2 with stride 2
         {512, 2048, 1, 1, 0, 1, 2},   // layer4 at 64x64 input: few columns (lanes along M)
     };
     for (int threads : {1, 2}) {

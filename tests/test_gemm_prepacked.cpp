@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -264,6 +265,57 @@ TEST_SUITE("gemm_prepacked") {
                       Error);
       CHECK_THROWS_AS(gemm_prepacked_single_packed_b(plain, 64, b.data(), ldb, 0.0f, c.data(), 64),
                       Error);
+    }
+    CHECK(checked > 0);
+  }
+
+  TEST_CASE("B given row by row at any offsets gives the bits of B in place") {
+    Restore restore;
+    set_num_threads(1);
+    std::mt19937 rng(91);
+    std::uniform_int_distribution<int64_t> rows(1, 70), cols(1, 130), depth(1, 600);
+    int checked = 0;
+    for (Isa isa : supported_isas()) {
+      set_active_isa(isa);
+      for (int trial = 0; trial < 20; ++trial) {
+        // Depths past 256 give several k blocks; odd widths give ragged last tiles.
+        const int64_t m = rows(rng), n = cols(rng), k = trial == 0 ? 300 : depth(rng);
+        const std::vector<float> a = random_vector(rng, static_cast<size_t>(m * k));
+        const std::vector<float> b = random_vector(rng, static_cast<size_t>(k * n));
+        const std::vector<float> bias = random_vector(rng, static_cast<size_t>(m));
+        const std::vector<float> res = random_vector(rng, static_cast<size_t>(m * n));
+        // The rows of B scattered through a larger buffer in a shuffled order, NaN between
+        // them: nothing outside a row may reach C.
+        std::vector<int64_t> order(static_cast<size_t>(k));
+        for (int64_t p = 0; p < k; ++p) order[static_cast<size_t>(p)] = p;
+        std::shuffle(order.begin(), order.end(), rng);
+        const int64_t gap = 3 + trial % 5;
+        std::vector<float> store(static_cast<size_t>(k * (n + gap) + gap),
+                                 std::numeric_limits<float>::quiet_NaN());
+        std::vector<int64_t> at(static_cast<size_t>(k));
+        for (int64_t slot = 0; slot < k; ++slot) {
+          const int64_t p = order[static_cast<size_t>(slot)];
+          at[static_cast<size_t>(p)] = gap + slot * (n + gap);
+          std::copy(b.begin() + p * n, b.begin() + (p + 1) * n, store.begin() + at[static_cast<size_t>(p)]);
+        }
+        const PackedMatrix packed(false, m, k, a.data(), k);
+        GemmEpilogue ep;
+        ep.row_bias = trial % 2 ? bias.data() : nullptr;
+        ep.relu = trial % 3 == 0;
+        ep.residual = trial % 4 == 1 ? res.data() : nullptr;
+        std::vector<float> expect(static_cast<size_t>(m * n)), got(expect.size(), -7.0f);
+        gemm_prepacked_single(packed, false, n, b.data(), n, 0.0f, expect.data(), n, ep);
+        const bool ran = gemm_prepacked_single_rows(packed, n, store.data(), at.data(), got.data(), n, ep);
+        if (!prepack_kernels(isa)) {
+          CHECK_FALSE(ran);
+          CHECK(got[0] == -7.0f);  // nothing written
+          break;
+        }
+        REQUIRE(ran);
+        CHECK_MESSAGE(std::memcmp(got.data(), expect.data(), got.size() * sizeof(float)) == 0,
+                      isa_name(isa) << " m=" << m << " n=" << n << " k=" << k);
+        ++checked;
+      }
     }
     CHECK(checked > 0);
   }

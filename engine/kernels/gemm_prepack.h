@@ -13,6 +13,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "engine/gemm_prepacked.h"
 #include "engine/kernels/gemm_pack.h"
@@ -209,6 +210,47 @@ void run_prepacked_tiles(const PrepackedJob& g) {
   }
 }
 
+// Columns [n0, n1) of C with op(A) in MR-row panels and row p of B at b + b_rows[p]: each
+// NR-column tile of B is copied, through all of K, into a buffer that stays in L1 while
+// every panel is multiplied by it. The k blocks, FMAs and stores of each C element are
+// those of run_prepacked_panels, so the bits are too.
+template <class Kern>
+void run_prepacked_rows(const PrepackedJob& g) {
+  constexpr int64_t MR = Kern::MR, NR = Kern::NR, KC = Kern::KC;
+  const int64_t k = g.k, nkb = k_block_count(k, KC);
+  const int64_t all_panels = (g.m + MR - 1) / MR;
+  const int64_t pa = g.r0 / MR, pb = (g.r1 + MR - 1) / MR;
+  const bool has_epilogue = g.epilogue.any();
+  thread_local AlignedBuffer tbuf;
+  float* bt = tbuf.get(static_cast<size_t>(NR * k + 64));
+  for (int64_t j0 = g.n0; j0 < g.n1; j0 += NR) {
+    const int cols = static_cast<int>(std::min<int64_t>(NR, g.n1 - j0));
+    const float* src = g.b + j0;
+    if (cols == NR) {
+      for (int64_t p = 0; p < k; ++p) std::memcpy(bt + p * NR, src + g.b_rows[p], NR * sizeof(float));
+    } else {  // the lanes past cols are multiplied (zeros) but never stored
+      for (int64_t p = 0; p < k; ++p) {
+        std::memcpy(bt + p * NR, src + g.b_rows[p], static_cast<size_t>(cols) * sizeof(float));
+        std::memset(bt + p * NR + cols, 0, static_cast<size_t>(NR - cols) * sizeof(float));
+      }
+    }
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      const int64_t p0 = part_begin(k, nkb, kb), kc = part_begin(k, nkb, kb + 1) - p0;
+      const float* ap0 = g.packed + p0 * all_panels * MR;
+      const int mode = kb > 0 ? kStoreAccumulate : kStoreOverwrite;
+      const bool last = kb == nkb - 1 && has_epilogue;
+      for (int64_t q = pa; q < pb; ++q) {
+        const int64_t i0 = q * MR;
+        const int rows = static_cast<int>(std::min<int64_t>(MR, g.r1 - i0));
+        float* c = g.c + i0 * g.ldc + j0;
+        const TileEpilogue ep = last ? tile_epilogue_at(g, i0, c) : TileEpilogue{};
+        Kern::kernel(rows, cols, kc, ap0 + q * MR * kc, bt + p0 * NR, NR, false, false, c, g.ldc,
+                     mode, 0.0f, last ? &ep : nullptr);
+      }
+    }
+  }
+}
+
 // Runs one prepacked job in its layout's orientation.
 template <class Kern>
 void run_prepacked(const PrepackedJob& g) {
@@ -220,7 +262,9 @@ void run_prepacked(const PrepackedJob& g) {
     epilogue_at(g, g.r0, g.r1 - g.r0, g.n1 - g.n0, g.c + g.r0 * g.ldc + g.n0);
     return;
   }
-  if (g.lanes_m) {
+  if (g.b_rows) {
+    run_prepacked_rows<Kern>(g);
+  } else if (g.lanes_m) {
     if constexpr (Kern::ALLOW_TRANSPOSED) run_prepacked_tiles<Kern>(g);
   } else {
     run_prepacked_panels<Kern>(g);
