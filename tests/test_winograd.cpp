@@ -228,10 +228,12 @@ TEST_SUITE("winograd") {
     const bool saved_small = winograd_small_maps();
     // {n, cin, cout, h, w, pad}: outputs of 7x7 and 8x8 (and 8x7), channel counts off the
     // panel heights, two images (32 tiles: two lane groups); at least 128 x 128 channel
-    // pairs, where F(2x2, 3x3) is chosen.
+    // pairs, where F(2x2, 3x3) is chosen. Lane groups of four tile rows or more gather
+    // through a table of sources; at 10x10 (25 tiles an image) the second group holds
+    // rows of both images.
     const int64_t shapes[][6] = {{2, 129, 130, 7, 7, 1}, {1, 128, 128, 8, 8, 1},
                                  {1, 136, 121, 9, 9, 0}, {2, 131, 128, 6, 6, 2},
-                                 {1, 160, 128, 8, 7, 1}};
+                                 {1, 160, 128, 8, 7, 1}, {2, 128, 130, 10, 10, 1}};
     for (Isa isa : {Isa::Avx2, Isa::Avx512, Isa::Neon}) {
       if (!isa_supported(isa) || !prepack_kernels(isa)) continue;
       set_active_isa(isa);
