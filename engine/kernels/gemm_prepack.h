@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "engine/gemm_prepacked.h"
 #include "engine/kernels/gemm_pack.h"
@@ -210,10 +211,17 @@ void run_prepacked_tiles(const PrepackedJob& g) {
   }
 }
 
+// Whether Kern has a rows_kernel (B rows read where they are, one k block).
+template <class K, class = void>
+struct HasRowsKernel : std::false_type {};
+template <class K>
+struct HasRowsKernel<K, std::void_t<decltype(&K::rows_kernel)>> : std::true_type {};
+
 // Columns [n0, n1) of C with op(A) in MR-row panels and row p of B at b + b_rows[p]: each
 // NR-column tile of B is copied, through all of K, into a buffer that stays in L1 while
-// every panel is multiplied by it. The k blocks, FMAs and stores of each C element are
-// those of run_prepacked_panels, so the bits are too.
+// every panel is multiplied by it, or, where the ISA has a rows_kernel and K is one k
+// block, read in place for whole tiles. The k blocks, FMAs and stores of each C element
+// are those of run_prepacked_panels, so the bits are too.
 template <class Kern>
 void run_prepacked_rows(const PrepackedJob& g) {
   constexpr int64_t MR = Kern::MR, NR = Kern::NR, KC = Kern::KC;
@@ -226,6 +234,19 @@ void run_prepacked_rows(const PrepackedJob& g) {
   for (int64_t j0 = g.n0; j0 < g.n1; j0 += NR) {
     const int cols = static_cast<int>(std::min<int64_t>(NR, g.n1 - j0));
     const float* src = g.b + j0;
+    if constexpr (HasRowsKernel<Kern>::value) {
+      if (nkb == 1 && cols == NR) {
+        for (int64_t q = pa; q < pb; ++q) {
+          const int64_t i0 = q * MR;
+          float* c = g.c + i0 * g.ldc + j0;
+          const TileEpilogue ep = has_epilogue ? tile_epilogue_at(g, i0, c) : TileEpilogue{};
+          Kern::rows_kernel(static_cast<int>(std::min<int64_t>(MR, g.r1 - i0)), k,
+                            g.packed + q * MR * k, src, g.b_rows, c, g.ldc,
+                            has_epilogue ? &ep : nullptr);
+        }
+        continue;
+      }
+    }
     if (cols == NR) {
       for (int64_t p = 0; p < k; ++p) std::memcpy(bt + p * NR, src + g.b_rows[p], NR * sizeof(float));
     } else {  // the lanes past cols are multiplied (zeros) but never stored

@@ -299,6 +299,49 @@ void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restric
 using MicroKernel = void (*)(int64_t, const float*, const float*, int64_t, float*, int64_t, int,
                              int, float, const TileEpilogue*);
 
+// R x 16 tile of gemm_prepacked_single_rows over one k block (the whole K), every column
+// inside B's rows: row p of B is the 16 floats at b + off[p], read where they are instead
+// of copied into a tile first (that copy was a tenth of ResNet-50's stem). The FMAs of
+// micro_kernel<R, 2> in its order, C overwritten, then the epilogue: the same bits.
+template <int R>
+void rows_kernel(int64_t kc, const float* __restrict ap, const float* __restrict b,
+                 const int64_t* __restrict off, float* c, int64_t ldc, const TileEpilogue* ep) {
+  const float* res = ep ? ep->residual : nullptr;
+  __m256 acc[R][2];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kc; ++p) {
+    const float* bp = b + off[p];
+    const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const __m256 a = _mm256_broadcast_ss(ap + i);
+      acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
+    }
+    ap += kMR;
+  }
+  const __m256 vb = _mm256_setzero_ps();
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < 2; ++v)
+      store_vec(c + i * ldc + 8 * v, acc[i][v], kStoreOverwrite, vb, ep, i,
+                res ? res + i * ldc + 8 * v : nullptr);
+}
+
+using RowsKernel = void (*)(int64_t, const float*, const float*, const int64_t*, float*, int64_t,
+                            const TileEpilogue*);
+template <int... Rs>
+constexpr auto make_rows_table(std::integer_sequence<int, Rs...>) {
+  struct Table {
+    RowsKernel k[sizeof...(Rs)];
+  };
+  return Table{{&rows_kernel<Rs + 1>...}};
+}
+constexpr auto kRowsKernels = make_rows_table(std::make_integer_sequence<int, kMR>{});
+
 // Table of micro-kernels indexed by [rows - 1][vectors - 1][prefetch][transposed C].
 template <int... Rs>
 constexpr auto make_table(std::integer_sequence<int, Rs...>) {
@@ -338,6 +381,11 @@ struct Avx2Kern {
   }
   // Unpacked B rows are read in place unless the row stride aliases in L1 (multiple of 4 KiB).
   static bool direct_b_ok(int64_t ldb) { return (ldb * 4) % 4096 != 0; }
+  // rows_kernel<rows> for a whole NR-column tile whose B rows are at b + off[p].
+  static void rows_kernel(int rows, int64_t kc, const float* ap, const float* b, const int64_t* off,
+                          float* c, int64_t ldc, const TileEpilogue* ep) {
+    kRowsKernels.k[rows - 1](kc, ap, b, off, c, ldc, ep);
+  }
 };
 
 // Address of op(A)[0][p] for a single-row op(A) is a + p * a_stride.
