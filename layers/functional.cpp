@@ -563,8 +563,9 @@ Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tenso
     const int64_t band = (oh + bands - 1) / bands;  // the tallest band
     // Where the ISA has prepacked kernels, a band's input rows are copied once, split into
     // the stride's column phases with the padding as zeros (q), and every row of B, one
-    // tap of one output row, is then a run of q: gemm_prepacked_single_rows copies it into
-    // the kernels' tiles as it goes, instead of an expansion of the band 49 taps deep.
+    // tap of one output row, is then a run of q: gemm_prepacked_single_rows reads it there
+    // (AVX2) or copies it into the kernels' tiles as it goes, instead of an expansion of
+    // the band 49 taps deep.
     const TapRows taps(s, w, h, wd, ow, band);
     parallel_for(n * bands, [&](int64_t t0, int64_t t1) {
       thread_local std::vector<float> tcol;
@@ -810,11 +811,43 @@ Tensor linear_forward(const Tensor& x, const Tensor& w, const Tensor* b) {
   return y;
 }
 
+bool linear_backward_one_hot(const Tensor& gy, const Tensor& w, Tensor& gx) {
+  const int64_t n = gy.dim(0), out = gy.dim(1), in = w.dim(1);
+  const float* g = gy.data();
+  // Each row of gy: the column of its one nonzero, -1 when it has none.
+  std::vector<int64_t> hot(static_cast<size_t>(n), -1);
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t j = 0; j < out; ++j)
+      if (g[b * out + j] != 0.0f) {
+        if (hot[static_cast<size_t>(b)] >= 0) return false;
+        hot[static_cast<size_t>(b)] = j;
+      }
+  float* d = gx.data();
+  for (int64_t i = 0; i < gx.numel(); ++i)
+    if (d[i] != 0.0f) return false;
+  // The GEMM would sum g * w[j][i] and zeros: per k block an FMA chain from +0 (a -0
+  // product comes out +0), each block's sum added to C; C is zero, so that is the product
+  // rounded once, and every zero added turns a -0 into +0. The same values and signs here.
+  const float* wd = w.data();
+  for (int64_t b = 0; b < n; ++b) {
+    const int64_t j = hot[static_cast<size_t>(b)];
+    const float gv = j >= 0 ? g[b * out + j] : 0.0f;
+    const float* row = j >= 0 ? wd + j * in : nullptr;
+    float* dst = d + b * in;
+    for (int64_t i = 0; i < in; ++i) {
+      const float v = row ? gv * row[i] + 0.0f : 0.0f;
+      dst[i] = (dst[i] + v) + 0.0f;
+    }
+  }
+  return true;
+}
+
 void linear_backward(const Tensor& gy, const Tensor& x, const Tensor& w, Tensor* gx, Tensor* gw,
                      Tensor* gb) {
   const int64_t n = x.dim(0), in = x.dim(1), out = w.dim(0);
   check_shape(gy, {n, out}, "linear output gradient");
-  if (gx) gemm(false, false, n, in, out, gy.data(), out, w.data(), in, 1.0f, gx->data(), in);
+  if (gx && !linear_backward_one_hot(gy, w, *gx))
+    gemm(false, false, n, in, out, gy.data(), out, w.data(), in, 1.0f, gx->data(), in);
   if (gw) gemm(true, false, out, in, n, gy.data(), out, x.data(), in, 1.0f, gw->data(), in);
   if (gb)
     for (int64_t j = 0; j < out; ++j) {

@@ -55,6 +55,12 @@ Tensor linear_forward(const Tensor& x, const Tensor& w, const Tensor* b);
 // gx += gy w (when gx), gw += gy^T x (when gw), gb += sum_n gy (when gb).
 void linear_backward(const Tensor& gy, const Tensor& x, const Tensor& w, Tensor* gx, Tensor* gw,
                      Tensor* gb);
+// gx = gy w when gy has at most one nonzero per row (the one-hot seed of a class score)
+// and gx holds zeros: only those rows of w are read, not all of it, and the values are the
+// GEMM's bit for bit (with finite weights: the GEMM would also carry 0 * inf = NaN from
+// the rows skipped here). False, with gx untouched, when gy or gx is not like that.
+// linear_backward takes this path by itself.
+bool linear_backward_one_hot(const Tensor& gy, const Tensor& w, Tensor& gx);
 
 // ------------------------------------------------------------------ batch norm
 // Per-channel statistics of a training-mode batch norm forward, kept for backward.

@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include "engine/cpu.h"
+#include "engine/gemm.h"
 #include "engine/parallel.h"
 #include "engine/tape.h"
 #include "layers/functional.h"
@@ -439,6 +441,49 @@ TEST_CASE("grad: MaxPool2d (floor/ceil mode, padding)") {
     CHECK(pool.forward(nullptr, Var{x}).value.shape() == c.out);
     grad_check(c.name, module_fwd(pool), x, {}, seed * 3, 80);
   }
+}
+
+TEST_CASE("a one-hot output gradient through Linear reads one row of W per image, same bits") {
+  // The importance pass seeds one class score: gx = gy W is then one row of W per image.
+  // It must give the GEMM's bits on every ISA, signs of zero included, and leave anything
+  // else (two nonzeros in a row, a gradient already there) to the GEMM.
+  const Isa saved = active_isa();
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+    if (!isa_supported(isa)) continue;
+    set_active_isa(isa);
+    for (int64_t out : {1000, 200}) {  // several k blocks, and one
+      CAPTURE(isa_name(isa));
+      CAPTURE(out);
+      std::mt19937_64 rng(static_cast<uint64_t>(out));
+      const int64_t n = 4, in = 37;
+      Tensor w = randn({out, in}, rng);
+      for (int64_t i = 0; i < w.numel(); i += 7) w[i] = -0.0f;  // -0 products
+      Tensor gy = Tensor::zeros({n, out});
+      gy[0 * out + 3] = 1.0f;         // the seed
+      gy[1 * out + out - 1] = -2.5f;  // a negative one in the last k block
+      gy[3 * out + out / 2] = 0.75f;  // row 2 has none
+      Tensor x = randn({n, in}, rng);
+      Tensor want = Tensor::zeros({n, in});
+      for (int64_t i = 0; i < want.numel(); i += 5) want[i] = -0.0f;
+      Tensor got = want.clone();
+      gemm(false, false, n, in, out, gy.data(), out, w.data(), in, 1.0f, want.data(), in);
+      linear_backward(gy, x, w, &got, nullptr, nullptr);
+      CHECK(std::memcmp(got.data(), want.data(), static_cast<size_t>(got.numel()) * sizeof(float)) == 0);
+      Tensor again = Tensor::zeros({n, in});
+      CHECK(linear_backward_one_hot(gy, w, again));
+      CHECK(std::memcmp(again.data(), want.data(), static_cast<size_t>(got.numel()) * sizeof(float)) == 0);
+      // Not one-hot, or not starting from zeros: the GEMM's job, gx untouched here.
+      Tensor two = gy.clone();
+      two[0 * out + 4] = 0.5f;
+      Tensor busy = Tensor::zeros({n, in});
+      busy[1] = 1.0f;
+      const Tensor busy0 = busy.clone();
+      CHECK_FALSE(linear_backward_one_hot(two, w, again));
+      CHECK_FALSE(linear_backward_one_hot(gy, w, busy));
+      CHECK(std::memcmp(busy.data(), busy0.data(), static_cast<size_t>(busy.numel()) * sizeof(float)) == 0);
+    }
+  }
+  set_active_isa(saved);
 }
 
 TEST_CASE("MaxPool2d / AvgPool2d forward values (ceil mode, padding, divisor)") {
