@@ -104,20 +104,25 @@ inline void deinterleave4(const float* s, float* p) {
 #endif
 }
 
+// The last two patch columns, m and m + 1, of one patch row p of sixteen side-by-side tiles
+// of side m, read from row s: they are columns 0 and 1 of the next tile, so those columns
+// moved one lane down, and for the last tile the two values after the sixteenth tile.
+inline void neighbour_columns(const float* s, int64_t m, float* p) {
+  for (int64_t l = 0; l + 1 < L; ++l) {
+    p[m * L + l] = p[l + 1];
+    p[(m + 1) * L + l] = p[L + l + 1];
+  }
+  p[(m + 1) * L - 1] = s[m * L];
+  p[(m + 2) * L - 1] = s[m * L + 1];
+}
+
 // WinogradKernels::gather16: patch[(r * 6 + col) * 16 + l] = rows[r][4 * l + col], the 6x6
-// input patches of sixteen side-by-side tiles. Columns 4 and 5 of tile l are columns 0
-// and 1 of tile l + 1, so they are those rows moved one lane down.
+// input patches of sixteen side-by-side tiles.
 void gather16(const float* const* rows, float* patch) {
   for (int64_t r = 0; r < 6; ++r) {
-    const float* s = rows[r];
     float* p = patch + r * 6 * L;
-    deinterleave4(s, p);
-    for (int64_t l = 0; l + 1 < L; ++l) {
-      p[4 * L + l] = p[l + 1];
-      p[5 * L + l] = p[L + l + 1];
-    }
-    p[5 * L - 1] = s[4 * L];
-    p[6 * L - 1] = s[4 * L + 1];
+    deinterleave4(rows[r], p);
+    neighbour_columns(rows[r], 4, p);
   }
 }
 
@@ -229,7 +234,7 @@ void output16_2(const float* m, int64_t stride, float bias, bool relu, float* ou
 }
 
 // WinogradKernels::gather16_2: patch[(r * 4 + col) * 16 + l] = rows[r][2 * l + col] for
-// r, col < 4. Columns 2 and 3 of tile l are columns 0 and 1 of tile l + 1.
+// r, col < 4.
 void gather16_2(const float* const* rows, float* patch) {
   for (int64_t r = 0; r < 4; ++r) {
     const float* s = rows[r];
@@ -238,12 +243,7 @@ void gather16_2(const float* const* rows, float* patch) {
       p[l] = s[2 * l];
       p[L + l] = s[2 * l + 1];
     }
-    for (int64_t l = 0; l + 1 < L; ++l) {
-      p[2 * L + l] = p[l + 1];
-      p[3 * L + l] = p[L + l + 1];
-    }
-    p[3 * L - 1] = s[2 * L];
-    p[4 * L - 1] = s[2 * L + 1];
+    neighbour_columns(s, 2, p);
   }
 }
 
