@@ -174,11 +174,10 @@ inline void store_vec(float* dst, __m512 acc, __mmask16 mask, int mode, __m512 b
 }
 
 // How far ahead, in k steps, a micro-kernel prefetches the operand that holds the weights:
-// about 2 KB, as in the AVX2 kernels (where prefetching it made the GEMMs whose weights
-// stream from memory once per pass 9-15 % faster and changed nothing else). Not yet timed
-// on AVX-512 hardware.
-constexpr int64_t kAheadPanels = 48;  // A panels: 12 floats (48 B) per k step
-constexpr int64_t kAheadTiles = 16;   // lanes along M (TC): 32 floats, two lines, per k step
+// about 4 KB. On a Zen 5 EPYC (docs/benchmarks.md) twice the AVX2 kernels' 2 KB made the
+// 64x64 ResNet-50 pass 2.4 % faster (layer3 5 %, layer4 2 %); four times gained nothing more.
+constexpr int64_t kAheadPanels = 96;  // A panels: 12 floats (48 B) per k step
+constexpr int64_t kAheadTiles = 32;   // lanes along M (TC): 32 floats, two lines, per k step
 
 // R x (16*NV) micro-kernel: acc = sum_p ap[p*MR + i] * bp[p*ldbp + j], combined with C by
 // mode, then the epilogue ep if set; the last vector's columns are limited by `last`. With
