@@ -267,6 +267,49 @@ constexpr auto make_table(std::integer_sequence<int, Rs...>) {
 }
 constexpr auto kKernels = make_table(std::make_integer_sequence<int, kMR>{});
 
+// R x 32 tile of gemm_prepacked_single_rows over one k block (the whole K), every column
+// inside B's rows: row p of B is the 32 floats at b + off[p], read where they are instead
+// of copied into a tile first. The FMAs of micro_kernel<R, 2> in its order, C overwritten,
+// then the epilogue: the same bits.
+template <int R>
+void rows_kernel(int64_t kc, const float* __restrict ap, const float* __restrict b,
+                 const int64_t* __restrict off, float* c, int64_t ldc, const TileEpilogue* ep) {
+  const float* res = ep ? ep->residual : nullptr;
+  __m512 acc[R][2];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kc; ++p) {
+    const float* bp = b + off[p];
+    const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const __m512 a = _mm512_set1_ps(ap[i]);
+      acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
+    }
+    ap += kMR;
+  }
+  const __m512 vb = _mm512_setzero_ps();
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < 2; ++v)
+      store_vec(c + i * ldc + 16 * v, acc[i][v], static_cast<__mmask16>(0xFFFF), kStoreOverwrite,
+                vb, ep, i, res ? res + i * ldc + 16 * v : nullptr);
+}
+
+using RowsKernel = void (*)(int64_t, const float*, const float*, const int64_t*, float*, int64_t,
+                            const TileEpilogue*);
+template <int... Rs>
+constexpr auto make_rows_table(std::integer_sequence<int, Rs...>) {
+  struct Table {
+    RowsKernel k[sizeof...(Rs)];
+  };
+  return Table{{&rows_kernel<Rs + 1>...}};
+}
+constexpr auto kRowsKernels = make_rows_table(std::make_integer_sequence<int, kMR>{});
+
 // Kernel policy plugged into the shared packed driver.
 struct Avx512Kern {
   static constexpr int64_t MR = kMR, NR = kNR, VL = 16, KC = 256, MC = 240, NC_BIG = 2048,
@@ -292,6 +335,11 @@ struct Avx512Kern {
   }
   // Unpacked B rows are read in place unless the row stride aliases in L1 (multiple of 4 KiB).
   static bool direct_b_ok(int64_t ldb) { return (ldb * 4) % 4096 != 0; }
+  // rows_kernel<rows> for a whole NR-column tile whose B rows are at b + off[p].
+  static void rows_kernel(int rows, int64_t kc, const float* ap, const float* b, const int64_t* off,
+                          float* c, int64_t ldc, const TileEpilogue* ep) {
+    kRowsKernels.k[rows - 1](kc, ap, b, off, c, ldc, ep);
+  }
 };
 
 // Address of op(A)[0][p] for a single-row op(A) is a + p * a_stride.
