@@ -12,22 +12,9 @@
 #include <thread>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
-
 namespace isplit {
 
 namespace {
-
-// Tells a spinning core to back off for a moment.
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield" ::: "memory");
-#endif
-}
 
 // How long a thread that has nothing to do keeps polling before it sleeps. Long enough to
 // catch the next parallel region of a running network (they follow each other within

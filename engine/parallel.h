@@ -1,7 +1,13 @@
 // Threading: one process-wide thread count and a pool of worker threads (engine/parallel.cpp).
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <functional>
+#include <thread>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace isplit {
 
@@ -20,5 +26,38 @@ void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 // Elements per thread worth a parallel pass of a streaming elementwise kernel.
 constexpr int64_t kEltwiseGrain = 16384;
+
+// Tells a spinning core to back off for a moment.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+// A lock for critical sections of a few hundred nanoseconds that threads of one parallel
+// region may enter at the same moment (the tensor block cache). A contended std::mutex
+// sleeps in the kernel, and on a VM the futex round trip costs tens of microseconds; this
+// spins instead, and yields the core only after a long wait (a preempted holder).
+class SpinLock {
+ public:
+  // Takes the lock, spinning (then yielding) while another thread holds it.
+  void lock() {
+    for (int spins = 0;; ++spins) {
+      if (!held_.load(std::memory_order_relaxed) && !held_.exchange(true, std::memory_order_acquire))
+        return;
+      if (spins < 4096)
+        cpu_relax();
+      else
+        std::this_thread::yield();
+    }
+  }
+  // Releases the lock.
+  void unlock() { held_.store(false, std::memory_order_release); }
+
+ private:
+  std::atomic<bool> held_{false};
+};
 
 }  // namespace isplit

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "engine/cpu.h"
+#include "engine/parallel.h"
 
 namespace isplit {
 
@@ -70,7 +71,7 @@ class BlockCache {
   }
   void* take(size_t bytes) {
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      std::lock_guard<SpinLock> hold(lock_);
       auto it = free_.find(bytes);
       if (it != free_.end() && !it->second.empty()) {
         void* p = it->second.back();
@@ -99,7 +100,7 @@ class BlockCache {
   }
   void give(void* p, size_t bytes) {
     live_.fetch_sub(bytes, std::memory_order_relaxed);
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<SpinLock> hold(lock_);
     if (bytes < kMinCached || cached_ + bytes > limit_ || returning_to_system) {
       std::free(p);
       return;
@@ -108,7 +109,7 @@ class BlockCache {
     cached_ += bytes;
   }
   void set_limit(size_t bytes) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<SpinLock> hold(lock_);
     limit_ = bytes;
     for (auto& [size, blocks] : free_)
       while (cached_ > limit_ && !blocks.empty()) {
@@ -118,13 +119,13 @@ class BlockCache {
       }
   }
   size_t cached() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<SpinLock> hold(lock_);
     return cached_;
   }
 
  private:
   static constexpr size_t kMinCached = 4 * 1024;  // below a page: malloc reuses them well
-  std::mutex mutex_;
+  SpinLock lock_;  // both threads of a region may allocate at once (never a futex wait)
   std::unordered_map<size_t, std::vector<void*>> free_;
   size_t cached_ = 0;
   std::atomic<size_t> fresh_{0};
