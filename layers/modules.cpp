@@ -420,7 +420,7 @@ Var ReLU::forward(Tape* tape, const Var& x) {
 }
 
 Var ReLU::forward_pre_relu(Tape* tape, const Var& x, Var* pre_relu) {
-  *pre_relu = fused_ ? Var() : x;  // a fused ReLU's input is gone
+  if (pre_relu) *pre_relu = fused_ ? Var() : x;  // a fused ReLU's input is gone
   return forward(tape, x);
 }
 

@@ -25,9 +25,10 @@ class Module {
   // Runs the layer on x; with a tape, records the backward.
   virtual Var forward(Tape* tape, const Var& x) = 0;
   // Like forward; when the module's output is a ReLU's output, *pre_relu receives that
-  // ReLU's input (what hooks on PyTorch's in-place ReLUs see the gradient of).
+  // ReLU's input (what hooks on PyTorch's in-place ReLUs see the gradient of). A null
+  // pre_relu says nobody looks at it: the module may then fuse that ReLU away.
   virtual Var forward_pre_relu(Tape* tape, const Var& x, Var* pre_relu) {
-    *pre_relu = Var();
+    if (pre_relu) *pre_relu = Var();
     return forward(tape, x);
   }
   // Output shape for an input shape (no computation).

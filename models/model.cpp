@@ -78,7 +78,9 @@ Var Model::forward(Tape* tape, const Var& x, const Observer& observe,
         }
       }
     }
-    v = s.module->forward_pre_relu(tape, v, &pre);
+    // The ReLU's input only where an observer will look at it (else it may be fused away).
+    const bool want_pre = observe_pre_relu && s.cut && !s.hidden;
+    v = s.module->forward_pre_relu(tape, v, want_pre ? &pre : nullptr);
     timed(s.name);
     if (s.cut && !s.hidden) {
       if (observe_pre_relu && pre.value.defined()) observe_pre_relu(s.name, pre);

@@ -29,26 +29,26 @@ class Bottleneck : public Module {
     }
   }
 
-  Var forward(Tape* tape, const Var& x) override {
-    Var pre;
-    return forward_pre_relu(tape, x, &pre);
-  }
+  Var forward(Tape* tape, const Var& x) override { return forward_pre_relu(tape, x, nullptr); }
 
   Var forward_pre_relu(Tape* tape, const Var& x, Var* pre_relu) override {
     if (!tape && folded_) {
       // Inference on folded BatchNorms: ReLUs fused into conv1 and conv2, the residual
       // add and the last ReLU into conv3 (in its GEMM's epilogue while each output tile is
       // still in cache). The shortcut's conv runs before conv3, once conv1's output is gone.
-      *pre_relu = Var();
+      if (pre_relu) *pre_relu = Var();
       const Tensor mid = conv2_.infer(conv1_.infer(x.value, true), true);
       const Tensor identity = ds_conv_ ? ds_conv_->infer(x.value, false) : x.value;
       return Var{conv3_.infer(mid, true, &identity)};
     }
     // While packed (the importance pass), each conv + BN (+ ReLU) runs as one folded layer.
-    // conv3 takes the shortcut into its epilogue: the sum is its output.
+    // conv3 takes the shortcut into its epilogue: the sum is its output, and the block's
+    // last ReLU too when nobody asks for the sum (its mask is then taken from the output,
+    // which is positive exactly where the sum is: the same gradients).
     Var out = conv1_.forward_bn(tape, x, bn1_, true);
     out = conv2_.forward_bn(tape, out, bn2_, true);
     Var identity = ds_conv_ ? ds_conv_->forward_bn(tape, x, *ds_bn_, false) : x;
+    if (!pre_relu) return conv3_.forward_bn(tape, out, bn3_, true, &identity);
     *pre_relu = conv3_.forward_bn(tape, out, bn3_, false, &identity);
     return relu(tape, *pre_relu);
   }

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <random>
 #include <string>
 
@@ -356,6 +357,54 @@ TEST_SUITE("importance_fast") {
             CHECK((std::isnan(b) ? std::isnan(got) : std::memcmp(&got, &b, 4) == 0));
             CHECK((std::isnan(yi[o]) ? std::isnan(y[o]) : y[o] == yi[o]));
           }
+    }
+  }
+
+  TEST_CASE("a bottleneck's last ReLU fused when nobody observes its input: the same bits") {
+    // Without an observer of the ReLU inputs, each packed block's conv3 applies the final
+    // ReLU in its epilogue and takes the backward mask from its output; observed, the sum
+    // and the ReLU stay separate nodes. Outputs, cut-point gradients and the input
+    // gradient must not differ in a bit.
+    auto model = build_model("resnet50", 10, 4, "layer3.1");
+    model->set_training(false);
+    model->pack_for_inference();
+    std::mt19937 rng(23);
+    const Tensor x = uniform(rng, {2, 3, 32, 32});
+    struct Result {
+      Tensor out, gx;
+      std::map<std::string, Tensor> acts, grads;
+      size_t nodes = 0;
+    };
+    auto pass = [&](bool observe_pre) {
+      Tape tape = Tape::activations_only();
+      const Var xin = tape.input(x, true);
+      std::map<std::string, Var> outs;
+      const Model::Observer pre = [](const std::string&, const Var&) {};
+      const Var out = model->forward(
+          &tape, xin, [&](const std::string& n, const Var& v) { outs[n] = v; }, "layer3.1",
+          observe_pre ? pre : Model::Observer());
+      Tensor seed = uniform(rng, out.value.shape());
+      tape.backward(out, seed);
+      Result r{out.value.clone(), tape.grad(xin).clone(), {}, {}, tape.size()};
+      for (const auto& [n, v] : outs) {
+        r.acts[n] = v.value.clone();
+        r.grads[n] = tape.grad(v).clone();
+      }
+      return r;
+    };
+    const std::mt19937 start = rng;
+    const Result separate = pass(true);
+    rng = start;  // the same seed for the backward
+    const Result fused = pass(false);
+    CHECK(fused.nodes < separate.nodes);
+    CHECK(same_bits(fused.out, separate.out));
+    CHECK(same_bits(fused.gx, separate.gx));
+    REQUIRE(fused.acts.size() == separate.acts.size());
+    CHECK(fused.acts.count("layer2.3") == 1);
+    for (const auto& [n, a] : separate.acts) {
+      INFO(n);
+      CHECK(same_bits(fused.acts.at(n), a));
+      CHECK(same_bits(fused.grads.at(n), separate.grads.at(n)));
     }
   }
 
