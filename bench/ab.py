@@ -11,6 +11,10 @@ tool compares the two runs of each pair, not pooled times: it reports the median
 of B/A for the run medians and for the run minima (the minimum is the run least disturbed),
 their range, and in how many pairs B was faster. With --stages it does the same per stage
 group (stem, maxpool, layer1..., fc) from `isplit bench --stages`.
+
+With --b-mode, B runs another mode than A: `--a build/isplit --b build/isplit --mode
+forward --b-mode importance` gives importance over forward, pair by pair (the issue's
+"importance <= 2.2x our forward").
 """
 import argparse
 import json
@@ -37,10 +41,10 @@ def stage_group(name):
     return name.split(".")[0] if name.startswith("layer") else name
 
 
-def run_once(binary, env, args):
+def run_once(binary, env, mode, args):
     """One `isplit bench --json` run: (median ms, min ms, {group: median ms})."""
     cmd = [binary, "bench", "--model", args.model, "--input-size", str(args.size), "--mode",
-           args.mode, "--iters", str(args.iters), "--json"]
+           mode, "--iters", str(args.iters), "--json"]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
     if args.threads:
@@ -85,6 +89,8 @@ def main():
     p.add_argument("--model", default="resnet50", choices=["resnet50", "vgg16"])
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--mode", default="forward", choices=["forward", "importance", "train"])
+    p.add_argument("--b-mode", choices=["forward", "importance", "train"],
+                   help="B's mode when it differs from A's (--mode)")
     p.add_argument("--batch", type=int, default=0, help="images per pass (isplit's default if 0)")
     p.add_argument("--threads", type=int, default=0,
                    help="threads per run (isplit's default if 0); one thread is steadier on a "
@@ -102,13 +108,16 @@ def main():
         if getattr(args, name) < 0:
             sys.exit(f"ab.py: --{name} must not be negative")
     env_a, env_b = parse_env(args.a_env, "--a-env"), parse_env(args.b_env, "--b-env")
+    mode_b = args.b_mode or args.mode
+    if args.stages and mode_b != args.mode:
+        sys.exit("ab.py: --stages compares the same mode's stages; drop it or --b-mode")
 
     pairs = []
     for i in range(args.pairs):
-        order = [("a", args.a, env_a), ("b", args.b, env_b)]
+        order = [("a", args.a, env_a, args.mode), ("b", args.b, env_b, mode_b)]
         if i % 2:
             order.reverse()
-        got = {tag: run_once(binary, env, args) for tag, binary, env in order}
+        got = {tag: run_once(binary, env, mode, args) for tag, binary, env, mode in order}
         pairs.append(got)
         if sys.stderr.isatty():
             print(f"\rpair {i + 1}/{args.pairs}: A {got['a'][0]:.3f} ms, B {got['b'][0]:.3f} ms",
@@ -134,7 +143,8 @@ def main():
 
     batch = f", batch {args.batch}" if args.batch else ""
     batch += f", {args.threads} thread{'s' if args.threads > 1 else ''}" if args.threads else ""
-    print(f"{args.model} {args.size}x{args.size} {args.mode}{batch}, {args.pairs} pairs of "
+    modes = args.mode if mode_b == args.mode else f"A {args.mode}, B {mode_b}"
+    print(f"{args.model} {args.size}x{args.size} {modes}{batch}, {args.pairs} pairs of "
           f"{args.iters} passes")
     print(f"A: median of run medians {result['a']['median_ms']:.3f} ms, best minimum "
           f"{result['a']['min_ms']:.3f}")
