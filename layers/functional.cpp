@@ -563,9 +563,9 @@ Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tenso
     const int64_t band = (oh + bands - 1) / bands;  // the tallest band
     // Where the ISA has prepacked kernels, a band's input rows are copied once, split into
     // the stride's column phases with the padding as zeros (q), and every row of B, one
-    // tap of one output row, is then a run of q: gemm_prepacked_single_rows reads it there
-    // (AVX2) or copies it into the kernels' tiles as it goes, instead of an expansion of
-    // the band 49 taps deep.
+    // tap of one output row, is then a run of q: gemm_prepacked_single_rows reads it
+    // there (AVX2, AVX-512) or copies it into the kernels' tiles as it goes, instead of an
+    // expansion of the band 49 taps deep.
     const TapRows taps(s, w, h, wd, ow, band);
     parallel_for(n * bands, [&](int64_t t0, int64_t t1) {
       thread_local std::vector<float> tcol;
