@@ -216,11 +216,17 @@ template <class K, class = void>
 struct HasRowsKernel : std::false_type {};
 template <class K>
 struct HasRowsKernel<K, std::void_t<decltype(&K::rows_kernel)>> : std::true_type {};
+// Whether Kern has a rows_tail_kernel (the same for a ragged last tile).
+template <class K, class = void>
+struct HasRowsTailKernel : std::false_type {};
+template <class K>
+struct HasRowsTailKernel<K, std::void_t<decltype(&K::rows_tail_kernel)>> : std::true_type {};
 
 // Columns [n0, n1) of C with op(A) in MR-row panels and row p of B at b + b_rows[p]: each
 // NR-column tile of B is copied, through all of K, into a buffer that stays in L1 while
 // every panel is multiplied by it, or, where the ISA has a rows_kernel and K is one k
-// block, read in place for whole tiles. The k blocks, FMAs and stores of each C element
+// block, read in place for whole tiles (and, with a rows_tail_kernel, for the ragged last
+// one too). The k blocks, FMAs and stores of each C element
 // are those of run_prepacked_panels, so the bits are too.
 template <class Kern>
 void run_prepacked_rows(const PrepackedJob& g) {
@@ -243,6 +249,19 @@ void run_prepacked_rows(const PrepackedJob& g) {
           Kern::rows_kernel(static_cast<int>(std::min<int64_t>(MR, g.r1 - i0)), k,
                             g.packed + q * MR * k, src, g.b_rows, c, g.ldc,
                             has_epilogue ? &ep : nullptr);
+        }
+        continue;
+      }
+    }
+    if constexpr (HasRowsTailKernel<Kern>::value) {
+      if (nkb == 1 && cols < NR) {
+        for (int64_t q = pa; q < pb; ++q) {
+          const int64_t i0 = q * MR;
+          float* c = g.c + i0 * g.ldc + j0;
+          const TileEpilogue ep = has_epilogue ? tile_epilogue_at(g, i0, c) : TileEpilogue{};
+          Kern::rows_tail_kernel(static_cast<int>(std::min<int64_t>(MR, g.r1 - i0)), cols, k,
+                                 g.packed + q * MR * k, src, g.b_rows, c, g.ldc,
+                                 has_epilogue ? &ep : nullptr);
         }
         continue;
       }

@@ -267,26 +267,34 @@ constexpr auto make_table(std::integer_sequence<int, Rs...>) {
 }
 constexpr auto kKernels = make_table(std::make_integer_sequence<int, kMR>{});
 
-// R x 32 tile of gemm_prepacked_single_rows over one k block (the whole K), every column
-// inside B's rows: row p of B is the 32 floats at b + off[p], read where they are instead
-// of copied into a tile first. The FMAs of micro_kernel<R, 2> in its order, C overwritten,
-// then the epilogue: the same bits.
-template <int R>
+// R x (16*NV) tile of gemm_prepacked_single_rows over one k block (the whole K): row p of
+// B is the floats at b + off[p], read where they are instead of copied into a tile first.
+// With TAIL the columns of the last vector are limited by `last` (masked loads: nothing
+// past a row is touched), else every lane is used. The FMAs of micro_kernel<R, NV> in its
+// order, C overwritten, then the epilogue: the same bits.
+template <int R, int NV, bool TAIL>
 void rows_kernel(int64_t kc, const float* __restrict ap, const float* __restrict b,
-                 const int64_t* __restrict off, float* c, int64_t ldc, const TileEpilogue* ep) {
+                 const int64_t* __restrict off, float* c, int64_t ldc, __mmask16 last,
+                 const TileEpilogue* ep) {
   const float* res = ep ? ep->residual : nullptr;
-  __m512 acc[R][2];
+  __m512 acc[R][NV];
 #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
 #pragma GCC unroll 4
   for (int64_t p = 0; p < kc; ++p) {
     const float* bp = b + off[p];
-    const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+    __m512 bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v)
+      bv[v] = TAIL && v == NV - 1 ? _mm512_maskz_loadu_ps(last, bp + 16 * v)
+                                  : _mm512_loadu_ps(bp + 16 * v);
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const __m512 a = _mm512_set1_ps(ap[i]);
-      acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
-      acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(a, bv[v], acc[i][v]);
     }
     ap += kMR;
   }
@@ -294,19 +302,23 @@ void rows_kernel(int64_t kc, const float* __restrict ap, const float* __restrict
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 2
-    for (int v = 0; v < 2; ++v)
-      store_vec(c + i * ldc + 16 * v, acc[i][v], static_cast<__mmask16>(0xFFFF), kStoreOverwrite,
-                vb, ep, i, res ? res + i * ldc + 16 * v : nullptr);
+    for (int v = 0; v < NV; ++v)
+      store_vec(c + i * ldc + 16 * v, acc[i][v],
+                TAIL && v == NV - 1 ? last : static_cast<__mmask16>(0xFFFF), kStoreOverwrite, vb,
+                ep, i, res ? res + i * ldc + 16 * v : nullptr);
 }
 
 using RowsKernel = void (*)(int64_t, const float*, const float*, const int64_t*, float*, int64_t,
-                            const TileEpilogue*);
+                            __mmask16, const TileEpilogue*);
+// Table of rows_kernel indexed by [rows - 1][0: a ragged tile of one vector, 1: of two
+// vectors, 2: a whole tile].
 template <int... Rs>
 constexpr auto make_rows_table(std::integer_sequence<int, Rs...>) {
   struct Table {
-    RowsKernel k[sizeof...(Rs)];
+    RowsKernel k[sizeof...(Rs)][3];
   };
-  return Table{{&rows_kernel<Rs + 1>...}};
+  return Table{{{&rows_kernel<Rs + 1, 1, true>, &rows_kernel<Rs + 1, 2, true>,
+                 &rows_kernel<Rs + 1, 2, false>}...}};
 }
 constexpr auto kRowsKernels = make_rows_table(std::make_integer_sequence<int, kMR>{});
 
@@ -335,10 +347,16 @@ struct Avx512Kern {
   }
   // Unpacked B rows are read in place unless the row stride aliases in L1 (multiple of 4 KiB).
   static bool direct_b_ok(int64_t ldb) { return (ldb * 4) % 4096 != 0; }
-  // rows_kernel<rows> for a whole NR-column tile whose B rows are at b + off[p].
+  // rows_kernel<rows, 2, false> for a whole NR-column tile whose B rows are at b + off[p].
   static void rows_kernel(int rows, int64_t kc, const float* ap, const float* b, const int64_t* off,
                           float* c, int64_t ldc, const TileEpilogue* ep) {
-    kRowsKernels.k[rows - 1](kc, ap, b, off, c, ldc, ep);
+    kRowsKernels.k[rows - 1][2](kc, ap, b, off, c, ldc, static_cast<__mmask16>(0xFFFF), ep);
+  }
+  // The same for a ragged last tile of cols < NR columns (masked loads and stores).
+  static void rows_tail_kernel(int rows, int cols, int64_t kc, const float* ap, const float* b,
+                               const int64_t* off, float* c, int64_t ldc, const TileEpilogue* ep) {
+    const int nv = cols > 16 ? 2 : 1;
+    kRowsKernels.k[rows - 1][nv - 1](kc, ap, b, off, c, ldc, lane_mask(cols - 16 * (nv - 1)), ep);
   }
 };
 
