@@ -216,7 +216,7 @@ template <class K, class = void>
 struct HasRowsKernel : std::false_type {};
 template <class K>
 struct HasRowsKernel<K, std::void_t<decltype(&K::rows_kernel)>> : std::true_type {};
-// Whether Kern has a rows_tail_kernel (the same for a ragged last tile).
+// Whether Kern also has a rows_tail_kernel (the same for a ragged last tile).
 template <class K, class = void>
 struct HasRowsTailKernel : std::false_type {};
 template <class K>
@@ -241,27 +241,22 @@ void run_prepacked_rows(const PrepackedJob& g) {
     const int cols = static_cast<int>(std::min<int64_t>(NR, g.n1 - j0));
     const float* src = g.b + j0;
     if constexpr (HasRowsKernel<Kern>::value) {
-      if (nkb == 1 && cols == NR) {
+      constexpr bool tails = HasRowsTailKernel<Kern>::value;
+      if (nkb == 1 && (cols == NR || tails)) {
         for (int64_t q = pa; q < pb; ++q) {
           const int64_t i0 = q * MR;
+          const int rows = static_cast<int>(std::min<int64_t>(MR, g.r1 - i0));
+          const float* ap = g.packed + q * MR * k;
           float* c = g.c + i0 * g.ldc + j0;
           const TileEpilogue ep = has_epilogue ? tile_epilogue_at(g, i0, c) : TileEpilogue{};
-          Kern::rows_kernel(static_cast<int>(std::min<int64_t>(MR, g.r1 - i0)), k,
-                            g.packed + q * MR * k, src, g.b_rows, c, g.ldc,
-                            has_epilogue ? &ep : nullptr);
-        }
-        continue;
-      }
-    }
-    if constexpr (HasRowsTailKernel<Kern>::value) {
-      if (nkb == 1 && cols < NR) {
-        for (int64_t q = pa; q < pb; ++q) {
-          const int64_t i0 = q * MR;
-          float* c = g.c + i0 * g.ldc + j0;
-          const TileEpilogue ep = has_epilogue ? tile_epilogue_at(g, i0, c) : TileEpilogue{};
-          Kern::rows_tail_kernel(static_cast<int>(std::min<int64_t>(MR, g.r1 - i0)), cols, k,
-                                 g.packed + q * MR * k, src, g.b_rows, c, g.ldc,
-                                 has_epilogue ? &ep : nullptr);
+          const TileEpilogue* e = has_epilogue ? &ep : nullptr;
+          if constexpr (tails) {
+            if (cols < NR) {
+              Kern::rows_tail_kernel(rows, cols, k, ap, src, g.b_rows, c, g.ldc, e);
+              continue;
+            }
+          }
+          Kern::rows_kernel(rows, k, ap, src, g.b_rows, c, g.ldc, e);
         }
         continue;
       }
