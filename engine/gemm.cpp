@@ -299,6 +299,28 @@ void gemm_prepacked_single(const PackedMatrix& a, bool trans_b, int64_t n, const
   run_prepacked_gemm(a, trans_b, n, b, ldb, beta, c, ldc, epilogue, false, false);
 }
 
+int64_t conv_direct_unit() {
+  const PrepackKernels* kern = prepack_kernels(active_isa());
+  return kern && kern->run_conv ? kern->nr : 0;
+}
+
+bool conv_prepacked_direct(const PackedMatrix& a, const float* x, const int64_t* koff,
+                           int64_t stride, int64_t row_step, int64_t oh0, int64_t oh1, int64_t ow,
+                           int64_t r0, int64_t r1, float* c, int64_t ldc,
+                           const GemmEpilogue& epilogue) {
+  const Isa isa = active_isa();
+  const PrepackKernels* kern = prepack_kernels(isa);
+  if (!kern || !kern->run_conv || isa != a.isa_ || a.owned_ || stride < 1 ||
+      stride > kDirectConvMaxStride || r0 % kern->nr != 0)
+    return false;
+  r1 = std::min(r1, a.m_);
+  if (r1 <= r0 || oh1 <= oh0 || ow <= 0) return true;
+  const DirectConvJob job{a.layout(true), a.m_, a.k_, x, koff, stride, row_step, oh0, oh1, ow,
+                          r0, r1, c, ldc, epilogue};
+  kern->run_conv(job);
+  return true;
+}
+
 bool gemm_prepacked_single_rows(const PackedMatrix& a, int64_t n, const float* b,
                                 const int64_t* b_rows, float* c, int64_t ldc,
                                 const GemmEpilogue& epilogue) {

@@ -98,6 +98,9 @@ class PackedMatrix {
                                  float*, int64_t, const GemmEpilogue&, bool, bool);
   friend bool gemm_prepacked_single_rows(const PackedMatrix&, int64_t, const float*,
                                          const int64_t*, float*, int64_t, const GemmEpilogue&);
+  friend bool conv_prepacked_direct(const PackedMatrix&, const float*, const int64_t*, int64_t,
+                                    int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*,
+                                    int64_t, const GemmEpilogue&);
   // The layout for lanes along M (lanes_m) or along N, packed on first use.
   const float* layout(bool lanes_m) const;
   // Floats spanned by the source matrix (its last element's offset + 1).
@@ -136,6 +139,22 @@ void gemm_prepacked_single(const PackedMatrix& a, bool trans_b, int64_t n, const
 bool gemm_prepacked_single_rows(const PackedMatrix& a, int64_t n, const float* b,
                                 const int64_t* b_rows, float* c, int64_t ldc,
                                 const GemmEpilogue& epilogue = {});
+
+// The strides of conv_prepacked_direct's kernels: 1 or 2 pixels along a row.
+constexpr int64_t kDirectConvMaxStride = 2;
+// Convolves output rows [oh0, oh1), channels [r0, r1), of one image on the calling thread with a's lanes-along-M
+// layout (made now if need be): C[i][oy * ow + ox] = sum_p a[i][p] x[koff[p] + oy * row_step
+// + ox * stride], then the epilogue (see DirectConvJob); x holds the padded input, so koff
+// and the strides reach every tap. Same bits as gemm_prepacked on the im2col of x. False,
+// with nothing written, when the active ISA has no direct kernels, a is packed for another
+// ISA, or stride is not 1 or 2.
+bool conv_prepacked_direct(const PackedMatrix& a, const float* x, const int64_t* koff,
+                           int64_t stride, int64_t row_step, int64_t oh0, int64_t oh1, int64_t ow,
+                           int64_t r0, int64_t r1, float* c, int64_t ldc,
+                           const GemmEpilogue& epilogue);
+// The channel unit of conv_prepacked_direct's r0 (the kernels' NR) on the active ISA; 0
+// when it has no direct kernels.
+int64_t conv_direct_unit();
 
 // The "packed B" layout of a K x N right operand: the layout the panel kernels of an ISA
 // read in place, with no copy per call. K is cut into the kernels' k blocks; block
@@ -190,6 +209,25 @@ struct PrepackedJob {
   const int64_t* b_rows = nullptr;  // row p of B is at b + b_rows[p] (ldb unused; lanes
                                     // along N, beta 0; see gemm_prepacked_single_rows)
 };
+// A direct convolution of one image on weights W [M x K] in their lanes-along-M layout, for
+// output rows [oh0, oh1) of ow pixels: C[i][oy * ow + ox] = sum_p W[i][p] x[koff[p] + oy *
+// row_step + ox * stride], then the epilogue (bias, residual laid out like C, ReLU). x is
+// the input with its padding already in place, so every tap is a plain load; the k blocks
+// and the FMA order per element are those of the GEMM on the im2col of x, so the bits are
+// too. See conv_prepacked_direct.
+struct DirectConvJob {
+  const float* packed;    // W's lanes-along-M layout
+  int64_t m, k;
+  const float* x;
+  const int64_t* koff;    // per k, the offset of tap k for output pixel (0, 0)
+  int64_t stride;         // floats of x between neighbouring output pixels of a row
+  int64_t row_step;       // floats of x between output rows
+  int64_t oh0, oh1, ow;
+  int64_t r0, r1;         // output channels [r0, r1) (r0 a multiple of the kernels' NR)
+  float* c;
+  int64_t ldc;            // floats of C between output channels
+  GemmEpilogue epilogue;
+};
 struct PrepackKernels {
   int64_t mr, nr, vl;        // micro-tile rows and columns, vector lanes
   int64_t kc;                // the k blocks' largest depth (K is cut into ceil(K / kc) near-equal blocks)
@@ -202,6 +240,9 @@ struct PrepackKernels {
                float* dst);
   // Computes one job on the calling thread.
   void (*run)(const PrepackedJob& job);
+  // Computes one direct convolution job on the calling thread; null when the ISA's kernels
+  // have no direct convolution (conv_prepacked_direct then says no).
+  void (*run_conv)(const DirectConvJob& job);
 };
 // The prepacked kernels of an ISA, or null when it has none (scalar).
 const PrepackKernels* prepack_kernels(Isa isa);

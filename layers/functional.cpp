@@ -1,6 +1,7 @@
 #include "layers/functional.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -502,6 +503,73 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* b, const C
   return y;
 }
 
+// Whether conv2d_forward_packed convolves directly (conv_prepacked_direct): stride-2
+// layers (ResNet-50's stem and its 3x3 stride-2 layers) of one group and no dilation, on
+// an ISA with direct kernels. The im2col of such a layer gathers every other column; the
+// direct kernels broadcast each input value from where it is.
+bool direct_conv_applies(const Conv2dSpec& s, const PackedMatrix& w, int64_t oh, int64_t ow) {
+  // Outputs of at least 14x14 (14 pixels: the AVX-512 tile). On narrower maps a tile has
+  // few pixels to share each weight load and every thread reads all the weights for a few
+  // rows: the GEMM on the im2col (lanes along M) was faster (ResNet-50's layer4 at
+  // 224x224, 7x7: 0.86 against 0.75 ms; its stride-2 layers at 64x64 up to 1.9 times).
+  // Stride 1 is left to the other paths: VGG16's first layer (K = 27), where the
+  // transposed stores outweigh the FMAs, took 1.28 against 1.05 ms.
+  constexpr int64_t kMinSide = 14;
+  return s.stride_h == 2 && s.stride_w == 2 && s.kh * s.kw > 1 && s.dil_h == 1 && s.dil_w == 1 &&
+         s.groups == 1 && oh >= kMinSide && ow >= kMinSide && w.isa() == active_isa() &&
+         conv_direct_unit() > 0;
+}
+
+// conv2d_forward_packed through conv_prepacked_direct: each image copied once with its
+// padding in place, output rows split between the threads. False when the kernels refuse
+// (y untouched).
+bool conv2d_forward_direct(const Tensor& x, const PackedMatrix& w, const GemmEpilogue& ep,
+                           const Conv2dSpec& s, const Tensor* residual, Tensor& y) {
+  const int64_t n = x.dim(0), cin = s.in_channels, h = x.dim(2), wd = x.dim(3);
+  const int64_t oh = y.dim(2), ow = y.dim(3), hw = oh * ow, cout = s.out_channels;
+  const int64_t hp = h + 2 * s.pad_h, wp = wd + 2 * s.pad_w, plane = hp * wp;
+  std::vector<int64_t> koff(static_cast<size_t>(cin * s.kh * s.kw));
+  size_t p = 0;
+  for (int64_t c = 0; c < cin; ++c)
+    for (int64_t i = 0; i < s.kh; ++i)
+      for (int64_t j = 0; j < s.kw; ++j) koff[p++] = c * plane + i * wp + j;
+  Tensor padded = Tensor::empty({cin * plane});
+  float* xp = padded.data();
+  for (int64_t img = 0; img < n; ++img) {
+    const float* xi = x.data() + img * cin * h * wd;
+    parallel_for(cin, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        float* d = xp + c * plane;
+        std::fill(d, d + s.pad_h * wp, 0.0f);
+        for (int64_t r = 0; r < h; ++r) {
+          float* row = d + (r + s.pad_h) * wp;
+          std::fill(row, row + s.pad_w, 0.0f);
+          std::memcpy(row + s.pad_w, xi + (c * h + r) * wd, static_cast<size_t>(wd) * sizeof(float));
+          std::fill(row + s.pad_w + wd, row + wp, 0.0f);
+        }
+        std::fill(d + (h + s.pad_h) * wp, d + plane, 0.0f);
+      }
+    });
+    float* yi = y.data() + img * cout * hw;
+    GemmEpilogue e = ep;
+    if (residual) e.residual = residual->data() + img * cout * hw;  // laid out like C
+    // Bands of output rows: each thread reads the input rows of its band (which the layer
+    // before wrote in the same split) and all the weights, a k block of one channel tile
+    // at a time from L1. Splitting the channels instead timed the same.
+    std::atomic<bool> ok{true};
+    parallel_for(oh, [&](int64_t y0, int64_t y1) {
+      if (!conv_prepacked_direct(w, xp, koff.data(), s.stride_w, s.stride_h * wp, y0, y1, ow, 0,
+                                 cout, yi, hw, e))
+        ok = false;
+    });
+    if (!ok) {
+      if (img == 0) return false;
+      throw Error("conv2d_forward_packed: the direct kernels went away during the call");
+    }
+  }
+  return true;
+}
+
 Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tensor* b,
                              const Conv2dSpec& s, bool relu, const Tensor* residual) {
   require4(x, "conv2d");
@@ -523,6 +591,8 @@ Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tenso
   GemmEpilogue ep;
   ep.row_bias = b ? b->data() : nullptr;
   ep.relu = relu;
+  if (!direct && direct_conv_applies(s, w, oh, ow) && conv2d_forward_direct(x, w, ep, s, residual, y))
+    return y;
   const int64_t nb = images_per_chunk(n, hw, 1);
   if (nb > 0 && n != 1 && residual) {
     // Images side by side: the residual is not laid out like that block of C, so it is
@@ -551,9 +621,10 @@ Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tenso
     return y;
   }
   if (!direct && w.m() * k * int64_t(sizeof(float)) <= kFusedWeightBytes) {
-    // Small weights (the stem, VGG16's first layer): each thread expands a few output rows
-    // and multiplies them at once, so its columns go from its own cache to the kernels
-    // instead of through memory, and the two threads never read each other's columns.
+    // Small weights (VGG16's first layer; the stem where the direct kernels do not take
+    // it): each thread expands a few output rows and multiplies them at once, so its
+    // columns go from its own cache to the kernels instead of through memory, and the two
+    // threads never read each other's columns.
     // Bands of near-equal height (never one short band left over), as many per image as a
     // multiple of the thread count when there is one image, so that every thread gets the
     // same number of rows give or take one per band.

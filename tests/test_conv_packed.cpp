@@ -71,8 +71,17 @@ TEST_SUITE("conv_packed") {
         {2, 13, 5, 3, 2, 2, 50},      // three column phases, 17x17 output
         {4, 9, 3, 2, 2, 1, 41, 2},    // dilation 2 with stride 2
         {512, 2048, 1, 1, 0, 1, 2},   // layer4 at 64x64 input: few columns (lanes along M)
+        // Stride 2 with weights past the bands' budget and outputs of 14x14 or more: the
+        // direct kernels (AVX-512), which broadcast each tap from a padded copy of the input
+        // (several k blocks, rows of 1 to 3 pixel tiles, a partial tile of channels, two
+        // images).
+        {64, 128, 3, 2, 1, 1, 40},    // ResNet-50's 3x3 stride-2 shape, 20x20 output
+        {48, 160, 3, 2, 1, 2, 33},    // 17x17 output, two images
+        {128, 72, 3, 2, 1, 1, 29},    // 15x15 output, 72 channels: 32 + 32 + 8
+        {32, 96, 5, 2, 2, 1, 31},     // 5x5, padding 2
+        {40, 200, 3, 2, 1, 1, 70},    // 35 pixels a row: three tiles
     };
-    for (int threads : {1, 2}) {
+    for (int threads : {1, 2, 3}) {
       set_num_threads(threads);
       for (const ConvCase& c : cases) {
         const Conv2dSpec s = spec_of(c);
@@ -100,6 +109,46 @@ TEST_SUITE("conv_packed") {
       }
     }
     set_num_threads(saved);
+  }
+
+  TEST_CASE("conv_prepacked_direct: any split of rows and channel tiles gives the same bits") {
+    if (conv_direct_unit() == 0) return;  // no direct kernels on this ISA (AVX2, NEON)
+    std::mt19937 rng(67);
+    const ConvCase c{24, 72, 3, 2, 1, 1, 33};  // 17x17 output, channel tiles 32 + 32 + 8
+    const Conv2dSpec s = spec_of(c);
+    const Tensor x = random_tensor(rng, {1, c.cin, c.size, c.size});
+    const Tensor w = random_tensor(rng, {c.cout, c.cin, 3, 3});
+    const int64_t k = c.cin * 9;
+    const PackedMatrix pw(false, c.cout, k, w.data(), k);
+    const Tensor expect = conv2d_forward_packed(x, pw, nullptr, s);  // the GEMM (small weights)
+    // The padded input and tap offsets as the layer makes them.
+    const int64_t hp = c.size + 2, wp = c.size + 2, oh = 17, ow = 17;
+    std::vector<float> xp(static_cast<size_t>(c.cin * hp * wp), 0.0f);
+    for (int64_t ch = 0; ch < c.cin; ++ch)
+      for (int64_t r = 0; r < c.size; ++r)
+        for (int64_t q = 0; q < c.size; ++q)
+          xp[static_cast<size_t>((ch * hp + r + 1) * wp + q + 1)] = x[(ch * c.size + r) * c.size + q];
+    std::vector<int64_t> koff;
+    for (int64_t ch = 0; ch < c.cin; ++ch)
+      for (int64_t i = 0; i < 3; ++i)
+        for (int64_t j = 0; j < 3; ++j) koff.push_back(ch * hp * wp + i * wp + j);
+    Tensor got = Tensor::full({1, c.cout, oh, ow}, -5.0f);
+    // Rows [0, 5) and [5, 17) for channels [0, 64), then [64, 72) for all rows.
+    REQUIRE(conv_prepacked_direct(pw, xp.data(), koff.data(), 2, 2 * wp, 0, 5, ow, 0, 64,
+                                  got.data(), oh * ow, GemmEpilogue{}));
+    REQUIRE(conv_prepacked_direct(pw, xp.data(), koff.data(), 2, 2 * wp, 5, oh, ow, 0, 64,
+                                  got.data(), oh * ow, GemmEpilogue{}));
+    REQUIRE(conv_prepacked_direct(pw, xp.data(), koff.data(), 2, 2 * wp, 0, oh, ow, 64, 1000,
+                                  got.data(), oh * ow, GemmEpilogue{}));
+    CHECK(same_bits(got, expect));
+    // A channel range that does not start on a tile, or a stride the kernels lack: refused,
+    // nothing written.
+    Tensor untouched = Tensor::full({1, c.cout, oh, ow}, -5.0f);
+    CHECK_FALSE(conv_prepacked_direct(pw, xp.data(), koff.data(), 2, 2 * wp, 0, oh, ow, 8, 72,
+                                      untouched.data(), oh * ow, GemmEpilogue{}));
+    CHECK_FALSE(conv_prepacked_direct(pw, xp.data(), koff.data(), 3, 2 * wp, 0, oh, ow, 0, 72,
+                                      untouched.data(), oh * ow, GemmEpilogue{}));
+    CHECK(untouched[0] == -5.0f);
   }
 
   TEST_CASE("conv2d_backward_data_packed equals conv2d_backward_data bit for bit") {

@@ -286,6 +286,59 @@ void run_prepacked_rows(const PrepackedJob& g) {
   }
 }
 
+// Whether Kern has a conv_kernel (direct convolution tiles, lanes along M).
+template <class K, class = void>
+struct HasConvKernel : std::false_type {};
+template <class K>
+struct HasConvKernel<K, std::void_t<decltype(&K::conv_kernel)>> : std::true_type {};
+
+// Computes a direct convolution job: for each tile of NR output channels and each k block,
+// the tile's weights for the block (kc x NR floats) stay in L1 while every pixel tile of
+// the rows is multiplied by them; a row is cut into near-equal tiles of at most
+// Kern::CONV_R pixels. The k blocks, FMA order and store rule per element are those of the
+// GEMM kernels (see the top of this file).
+template <class Kern>
+void run_direct_conv(const DirectConvJob& g) {
+  constexpr int64_t NR = Kern::NR, KC = Kern::KC, R = Kern::CONV_R;
+  const int64_t k = g.k, nkb = k_block_count(k, KC), all_tiles = (g.m + NR - 1) / NR;
+  const int64_t row_tiles = (g.ow + R - 1) / R;
+  const bool has_epilogue = g.epilogue.any();
+  for (int64_t t = g.r0 / NR; t * NR < g.r1; ++t) {
+    const int64_t i0 = t * NR;
+    const int cols = static_cast<int>(std::min<int64_t>(NR, g.r1 - i0));
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      const int64_t p0 = part_begin(k, nkb, kb), kc = part_begin(k, nkb, kb + 1) - p0;
+      const float* w = g.packed + p0 * all_tiles * NR + t * NR * kc;
+      const int mode = kb > 0 ? kStoreAccumulate : kStoreOverwrite;
+      const bool last = kb == nkb - 1 && has_epilogue;
+      for (int64_t oy = g.oh0; oy < g.oh1; ++oy)
+        for (int64_t rt = 0; rt < row_tiles; ++rt) {
+          const int64_t ox0 = g.ow * rt / row_tiles, ox1 = g.ow * (rt + 1) / row_tiles;
+          float* c = g.c + i0 * g.ldc + oy * g.ow + ox0;
+          TileEpilogue ep;
+          if (last) {
+            ep.bias = g.epilogue.row_bias ? g.epilogue.row_bias + i0 : nullptr;
+            ep.residual = g.epilogue.residual ? g.epilogue.residual + (c - g.c) : nullptr;
+            ep.relu = g.epilogue.relu;
+          }
+          Kern::conv_kernel(static_cast<int>(ox1 - ox0), cols, kc, w,
+                            g.x + oy * g.row_step + ox0 * g.stride, g.koff + p0, g.stride, c,
+                            g.ldc, mode, last ? &ep : nullptr);
+        }
+    }
+  }
+}
+
+// run_direct_conv<Kern> where Kern has a conv_kernel, else null.
+template <class Kern>
+constexpr auto conv_runner() {
+  using Fn = void (*)(const DirectConvJob&);
+  if constexpr (HasConvKernel<Kern>::value)
+    return static_cast<Fn>(&run_direct_conv<Kern>);
+  else
+    return static_cast<Fn>(nullptr);
+}
+
 // Runs one prepacked job in its layout's orientation.
 template <class Kern>
 void run_prepacked(const PrepackedJob& g) {
@@ -317,7 +370,8 @@ PrepackKernels make_prepack_kernels() {
                         Kern::TC_DEEP_MAX_KB,
                         &prepacked_floats<Kern>,
                         &prepack_matrix<Kern>,
-                        &run_prepacked<Kern>};
+                        &run_prepacked<Kern>,
+                        conv_runner<Kern>()};
 }
 
 }  // namespace gemm_pack

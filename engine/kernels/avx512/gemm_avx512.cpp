@@ -179,6 +179,30 @@ inline void store_vec(float* dst, __m512 acc, __mmask16 mask, int mode, __m512 b
 constexpr int64_t kAheadPanels = 96;  // A panels: 12 floats (48 B) per k step
 constexpr int64_t kAheadTiles = 32;   // lanes along M (TC): 32 floats, two lines, per k step
 
+// Stores an R x (16*NV) accumulator tile transposed (acc[i][v] lane j is C element (16v +
+// j, i), at c[(16v + j) * ldc + i]) after a 16x16 in-register transpose, combined with C
+// by mode, then the epilogue ep if set (its row is the C row); `last` limits the rows of
+// the last vector.
+template <int R, int NV>
+inline void store_transposed(const __m512 (&acc)[R][NV], float* c, int64_t ldc, __mmask16 last,
+                             int mode, __m512 vb, const TileEpilogue* ep) {
+  const float* res = ep ? ep->residual : nullptr;  // the residual, laid out like C
+  const __mmask16 row_mask = lane_mask(R);
+#pragma GCC unroll 16
+  for (int v = 0; v < NV; ++v) {
+    __m512 t[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) t[i] = i < R ? acc[i < R ? i : 0][v] : _mm512_setzero_ps();
+    transpose16(t);
+    const int ncols = v == NV - 1 ? __builtin_popcount(last) : 16;
+#pragma GCC unroll 16
+    for (int q = 0; q < ncols; ++q) {
+      const int64_t at = (16 * v + q) * ldc;  // C row 16v + q of the tile
+      store_vec(c + at, t[q], row_mask, mode, vb, ep, 16 * v + q, res ? res + at : nullptr);
+    }
+  }
+}
+
 // R x (16*NV) micro-kernel: acc = sum_p ap[p*MR + i] * bp[p*ldbp + j], combined with C by
 // mode, then the epilogue ep if set; the last vector's columns are limited by `last`. With
 // PF it also prefetches the same rows of the next tile (bp + NR) for B read in place. With
@@ -224,20 +248,7 @@ void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restric
   }
   const __m512 vb = _mm512_set1_ps(beta);
   if (TC) {
-    const __mmask16 row_mask = lane_mask(R);
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) {
-      __m512 t[16];
-#pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i) t[i] = i < R ? acc[i < R ? i : 0][v] : _mm512_setzero_ps();
-      transpose16(t);
-      const int ncols = v == NV - 1 ? __builtin_popcount(last) : 16;
-#pragma GCC unroll 16
-      for (int q = 0; q < ncols; ++q) {
-        const int64_t at = (16 * v + q) * ldc;  // C row 16v + q of the tile
-        store_vec(c + at, t[q], row_mask, mode, vb, ep, 16 * v + q, res_at(at));
-      }
-    }
+    store_transposed<R, NV>(acc, c, ldc, last, mode, vb, ep);
     return;
   }
 #pragma GCC unroll 16
@@ -266,6 +277,54 @@ constexpr auto make_table(std::integer_sequence<int, Rs...>) {
          {&micro_kernel<Rs + 1, 2, true, false>, &micro_kernel<Rs + 1, 2, true, true>}}}...}};
 }
 constexpr auto kKernels = make_table(std::make_integer_sequence<int, kMR>{});
+
+// A direct convolution tile (run_direct_conv): R output pixels of one row, S input floats
+// apart, by 16*NV output channels in the lanes. Per k step the weights of the channels are
+// loaded from w (NR floats per step, the lanes-along-M layout) and each pixel's input value
+// x[koff[p] + S * i] is broadcast; C is stored transposed (channel rows, ldc apart) as
+// micro_kernel<R, NV, false, true> stores it, with the same FMAs in the same order.
+template <int R, int S, int NV>
+void conv_tile(int64_t kc, const float* __restrict w, const float* __restrict x,
+               const int64_t* __restrict koff, float* c, int64_t ldc, __mmask16 last, int mode,
+               const TileEpilogue* ep) {
+  __m512 acc[R][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+  for (int64_t p = 0; p < kc; ++p) {
+    __m512 b[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(w + 16 * v);
+    _mm_prefetch(reinterpret_cast<const char*>(w + kAheadTiles * kNR), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w + kAheadTiles * kNR + 16), _MM_HINT_T0);
+    const float* xp = x + koff[p];
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const __m512 a = _mm512_set1_ps(xp[i * S]);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
+    }
+    w += kNR;
+  }
+  store_transposed<R, NV>(acc, c, ldc, last, mode, _mm512_setzero_ps(), ep);
+}
+
+using ConvTile = void (*)(int64_t, const float*, const float*, const int64_t*, float*, int64_t,
+                          __mmask16, int, const TileEpilogue*);
+constexpr int kConvR = 14;  // pixels per tile at most: 28 accumulators and 2 weight vectors
+
+// Table of conv_tile indexed by [pixels - 1][stride - 1][vectors - 1].
+template <int... Rs>
+constexpr auto make_conv_table(std::integer_sequence<int, Rs...>) {
+  struct Table {
+    ConvTile k[sizeof...(Rs)][2][2];
+  };
+  return Table{{{{&conv_tile<Rs + 1, 1, 1>, &conv_tile<Rs + 1, 1, 2>},
+                 {&conv_tile<Rs + 1, 2, 1>, &conv_tile<Rs + 1, 2, 2>}}...}};
+}
+constexpr auto kConvTiles = make_conv_table(std::make_integer_sequence<int, kConvR>{});
 
 // R x (16*NV) tile of gemm_prepacked_single_rows over one k block (the whole K): row p of
 // B is the floats at b + off[p], read where they are instead of copied into a tile first.
@@ -344,6 +403,15 @@ struct Avx512Kern {
     const int nv = cols > 16 ? 2 : 1;
     kKernels.k[rows - 1][nv - 1][prefetch ? 1 : 0][tc ? 1 : 0](
         kc, ap, bp, ldbp, c, ldc, lane_mask(cols - 16 * (nv - 1)), mode, beta, ep);
+  }
+  static constexpr int64_t CONV_R = kConvR;
+  // A direct convolution tile of `pixels` outputs (stride 1 or 2) by `cols` channels.
+  static void conv_kernel(int pixels, int cols, int64_t kc, const float* w, const float* x,
+                          const int64_t* koff, int64_t stride, float* c, int64_t ldc, int mode,
+                          const TileEpilogue* ep) {
+    const int nv = cols > 16 ? 2 : 1;
+    kConvTiles.k[pixels - 1][stride - 1][nv - 1](kc, w, x, koff, c, ldc,
+                                                 lane_mask(cols - 16 * (nv - 1)), mode, ep);
   }
   // Unpacked B rows are read in place unless the row stride aliases in L1 (multiple of 4 KiB).
   static bool direct_b_ok(int64_t ldb) { return (ldb * 4) % 4096 != 0; }
