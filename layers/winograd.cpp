@@ -51,6 +51,11 @@ std::atomic<int>& mode_slot() {
   return slot;
 }
 
+std::atomic<int>& split_slot() {
+  static std::atomic<int> slot{static_cast<int>(WinogradSplit::Auto)};
+  return slot;
+}
+
 std::atomic<bool>& small_maps_slot() {
   static std::atomic<bool> slot{env_switch("ISPLIT_WINOGRAD_F2", true)};
   return slot;
@@ -259,6 +264,10 @@ int64_t tile_block(int64_t positions, int64_t cin, int64_t cout, int64_t tiles) 
   return std::min(tb, tiles);
 }
 }  // namespace
+
+WinogradSplit winograd_split() { return static_cast<WinogradSplit>(split_slot().load()); }
+
+void set_winograd_split(WinogradSplit split) { split_slot().store(static_cast<int>(split)); }
 
 bool winograd_small_maps() { return small_maps_slot().load(std::memory_order_relaxed); }
 
@@ -490,7 +499,7 @@ constexpr int64_t kPositionPad = 16;
 // packed-B layout when packed_v.
 void streamed_products(const WinogradFilter& f, const Variant& var,
                        const PrepackKernels& pk, int64_t count, const float* vd, int64_t stride,
-                       bool packed_v, int64_t vpos, float* md, int64_t mpos) {
+                       bool packed_v, int64_t vpos, float* md, int64_t mpos, bool by_tiles) {
   const int64_t cout = f.out_channels, cin = f.in_channels, mr = f.mr, alpha = var.alpha;
   const TapLayout lay{(cout + mr - 1) / mr, mr};
   const int64_t panels = lay.panels;
@@ -498,16 +507,18 @@ void streamed_products(const WinogradFilter& f, const Variant& var,
   const int64_t row_floats = alpha * (mr * cin + kTapPad);  // one panel's row of positions
   const int64_t per_block = std::max<int64_t>(
       1, kFilterChunkBytes / (row_floats * static_cast<int64_t>(sizeof(float))));
-  // At least one block per thread, and a whole number of blocks per thread when possible.
+  // Split by channel blocks: at least one block per thread, and a whole number of blocks
+  // per thread when possible. Split by tiles: every thread runs every block.
   const int64_t threads = num_threads();
   int64_t blocks = (panels + per_block - 1) / per_block;
-  blocks = std::min(panels, (blocks + threads - 1) / threads * threads);
+  if (!by_tiles) blocks = std::min(panels, (blocks + threads - 1) / threads * threads);
   const int64_t cap = (panels + blocks - 1) / blocks;
   const float* taps = f.taps.data();
-  parallel_for(blocks, [&](int64_t lo, int64_t hi) {
+  // Channel blocks [b0, b1) over the product columns [n0, n1) on the calling thread.
+  auto run_blocks = [&](int64_t b0, int64_t b1, int64_t n0, int64_t n1) {
     Tensor ubuf = Tensor::empty({cap * row_floats});
     float* u = ubuf.data();
-    for (int64_t blk = lo; blk < hi; ++blk) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t q0 = panels * blk / blocks, q1 = panels * (blk + 1) / blocks;
       const int64_t np = q1 - q0, rows = std::min(q1 * mr, cout) - q0 * mr;
       const int64_t one = np * mr * cin + kTapPad;  // floats of one position's panels, padded
@@ -523,13 +534,21 @@ void streamed_products(const WinogradFilter& f, const Variant& var,
         }
         for (int64_t j = 0; j < alpha; ++j) {
           const int64_t xi = ri * alpha + j;
-          PrepackedJob job{false, u + j * one, rows, cin, 0, rows, 0, count, false,
+          PrepackedJob job{false, u + j * one, rows, cin, 0, rows, n0, n1, false,
                            vd + xi * vpos, stride, 0.0f, md + xi * mpos + q0 * mr * stride,
                            stride, GemmEpilogue{}, packed_v};
           pk.run(job);
         }
       }
     }
+  };
+  if (!by_tiles) {
+    parallel_for(blocks, [&](int64_t lo, int64_t hi) { run_blocks(lo, hi, 0, count); });
+    return;
+  }
+  const int64_t units = (count + pk.nr - 1) / pk.nr;  // whole tiles of the packed-B layout
+  parallel_for(units, [&](int64_t lo, int64_t hi) {
+    run_blocks(0, blocks, lo * pk.nr, std::min(count, hi * pk.nr));
   });
 }
 
@@ -562,6 +581,18 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
   const int64_t vpos = cin * stride + kPositionPad, mpos = cout * stride + kPositionPad;
   Tensor vbuf = Tensor::empty({positions * vpos});
   Tensor mbuf = Tensor::empty({positions * mpos});
+  // Threads split the channels of the products, or, where the transformed filters are
+  // small beside a block's inputs and products (layer1 of ResNet-50, VGG16's first block
+  // at 224x224), the tiles: then each thread transforms its tiles' inputs, multiplies them
+  // by all the filters and transforms their products back, and its data stay in its own
+  // cache from one step to the next. The other split sends every transformed input to
+  // both threads through the shared L3.
+  const int64_t filter_bytes = positions * cin * cout * static_cast<int64_t>(sizeof(float));
+  const WinogradSplit split = winograd_split();
+  const bool by_tiles = f.streamed() && packed_v && split != WinogradSplit::Channels &&
+                        (split == WinogradSplit::Tiles ||
+                         filter_bytes * num_threads() <=
+                             positions * (vpos + mpos) * static_cast<int64_t>(sizeof(float)));
   if (f.isa != isa || (!f.streamed() && f.positions.size() != static_cast<size_t>(kPositions)))
     throw Error("winograd: filters were packed for " + isa_name(f.isa) +
                 " kernels but the active ISA is " + isa_name(isa) + "; transform them again");
@@ -577,7 +608,9 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
       alignas(64) float patch[kPositions * L];
       alignas(64) float band[6 * kBandRow] = {};  // lanes past a group read what is left
       for (int64_t item = lo; item < hi; ++item) {
-        const int64_t c = item / groups, g = item % groups;
+        // Split by tiles: items in lane-group order, so a thread's share is whole groups.
+        const int64_t c = by_tiles ? item % cin : item / groups;
+        const int64_t g = by_tiles ? item / cin : item % groups;
         const int64_t* from = sources.empty() ? nullptr : sources.data() + g * positions * L;
         if (from && static_cast<int64_t>(bp.first[g + 1] - bp.first[g]) >= kTablePieces) {
           const float* xc = xd + c * h * w;
@@ -590,7 +623,7 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
       }
     });
     if (f.streamed())
-      streamed_products(f, var, *pk, count, vd, stride, packed_v, vpos, md, mpos);
+      streamed_products(f, var, *pk, count, vd, stride, packed_v, vpos, md, mpos, by_tiles);
     else
       // One GEMM per transform position: products[xi] = U[xi] (Cout x Cin) * V[xi] (Cin x tiles).
       parallel_for(kPositions, [&](int64_t lo, int64_t hi) {
@@ -609,7 +642,8 @@ void run_winograd(const Tensor& x, const WinogradFilter& f, const Tensor* b, con
       alignas(64) float tile_rows[16 * L];
       alignas(64) float last[kPositions * L];
       for (int64_t item = lo; item < hi; ++item) {
-        const int64_t k = item / groups, g = item % groups;
+        const int64_t k = by_tiles ? item % cout : item / groups;
+        const int64_t g = by_tiles ? item / cout : item % groups;
         const int64_t lanes = std::min(L, count - g * L);
         const float* mv = md + k * stride + g * L;
         int64_t m_stride = mpos;

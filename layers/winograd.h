@@ -77,6 +77,17 @@ bool winograd_small_maps();
 // Overrides that for this process (tests, benchmarks).
 void set_winograd_small_maps(bool on);
 
+// How the threads share a Winograd convolution's products with streamed filters: by output
+// channels, by tiles (each thread takes its tiles through all three steps; every thread
+// transforms all the filters), or Auto: by tiles where the transformed filters, times the
+// thread count, are no larger than a block's transformed inputs and products. The bits
+// are the same either way.
+enum class WinogradSplit { Auto, Channels, Tiles };
+// The current split rule (default Auto).
+WinogradSplit winograd_split();
+// Sets the split rule (tests and experiments).
+void set_winograd_split(WinogradSplit split);
+
 // True when Winograd F(4x4, 3x3) can compute s: 3x3 kernel, stride 1, dilation 1, one group.
 bool winograd_applies(const Conv2dSpec& s);
 // Whether a packed layer should use Winograd for input shape x under the current mode

@@ -188,6 +188,43 @@ TEST_SUITE("winograd") {
     }
   }
 
+  TEST_CASE("splitting the threads by tiles or by channels gives the same bits") {
+    std::mt19937_64 rng(43);
+    struct Case {
+      int64_t n, cin, cout, h, w, pad;
+    };
+    // F(4x4, 3x3) with partial lane groups and tiles, two images, two k blocks (cin 300);
+    // F(2x2, 3x3) on an 8x8 map.
+    const Case cases[] = {{1, 64, 64, 56, 56, 1}, {2, 16, 30, 23, 18, 1}, {1, 300, 40, 20, 20, 1},
+                          {1, 128, 128, 8, 8, 1}};
+    const WinogradSplit saved_split = winograd_split();
+    const int saved_threads = num_threads();
+    for (int threads : {2, 3}) {
+      set_num_threads(threads);
+      for (const Case& c : cases) {
+        const Conv2dSpec s = spec3x3(c.cin, c.cout, c.pad);
+        const Tensor x = randn({c.n, c.cin, c.h, c.w}, rng), wt = randn({c.cout, c.cin, 3, 3}, rng, 0.2);
+        const Tensor b = randn({c.cout}, rng);
+        const WinogradFilter f = winograd_filter(wt, WinogradFilters::Streamed);
+        const WinogradFilter ft = winograd_filter_transposed(wt, WinogradFilters::Streamed);
+        const Tensor gy = randn(conv2d_out_shape(x.shape(), s), rng);
+        Tensor out[2], grad[2];
+        for (int i = 0; i < 2; ++i) {
+          set_winograd_split(i == 0 ? WinogradSplit::Channels : WinogradSplit::Tiles);
+          out[i] = conv2d_forward_winograd(x, f, &b, s, true);
+          grad[i] = randn(x.shape(), rng);  // replaced: the gradient is written, not added
+          conv2d_backward_data_winograd(gy, ft, s, grad[i], false);
+        }
+        CHECK_MESSAGE(same_bits(out[0], out[1]), "cin " << c.cin << " cout " << c.cout << " map "
+                                                         << c.h << "x" << c.w << " threads " << threads);
+        CHECK_MESSAGE(same_bits(grad[0], grad[1]), "gradient, cin " << c.cin << " cout " << c.cout
+                                                                    << " threads " << threads);
+      }
+    }
+    set_winograd_split(saved_split);
+    set_num_threads(saved_threads);
+  }
+
   TEST_CASE("the thread count and the ISA never change a bit of the transforms") {
     std::mt19937_64 rng(3);
     const Conv2dSpec s = spec3x3(24, 40, 1);

@@ -184,8 +184,9 @@ constexpr int64_t kAheadTiles = 32;   // lanes along M (TC): 32 floats, two line
 // by mode, then the epilogue ep if set (its row is the C row); `last` limits the rows of
 // the last vector.
 template <int R, int NV>
-inline void store_transposed(const __m512 (&acc)[R][NV], float* c, int64_t ldc, __mmask16 last,
-                             int mode, __m512 vb, const TileEpilogue* ep) {
+__attribute__((always_inline)) inline void store_transposed(const __m512 (&acc)[R][NV], float* c,
+                                                            int64_t ldc, __mmask16 last, int mode,
+                                                            __m512 vb, const TileEpilogue* ep) {
   const float* res = ep ? ep->residual : nullptr;  // the residual, laid out like C
   const __mmask16 row_mask = lane_mask(R);
 #pragma GCC unroll 16
