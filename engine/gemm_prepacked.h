@@ -142,12 +142,13 @@ bool gemm_prepacked_single_rows(const PackedMatrix& a, int64_t n, const float* b
 
 // The strides of conv_prepacked_direct's kernels: 1 or 2 pixels along a row.
 constexpr int64_t kDirectConvMaxStride = 2;
-// Convolves output rows [oh0, oh1), channels [r0, r1), of one image on the calling thread with a's lanes-along-M
-// layout (made now if need be): C[i][oy * ow + ox] = sum_p a[i][p] x[koff[p] + oy * row_step
-// + ox * stride], then the epilogue (see DirectConvJob); x holds the padded input, so koff
-// and the strides reach every tap. Same bits as gemm_prepacked on the im2col of x. False,
-// with nothing written, when the active ISA has no direct kernels, a is packed for another
-// ISA, or stride is not 1 or 2.
+// Convolves output rows [oh0, oh1) and channels [r0, r1) of one image on the calling
+// thread with a's lanes-along-M layout (made now if need be): C[i][oy * ow + ox] = sum_p
+// a[i][p] x[koff[p] + oy * row_step + ox * stride], then the epilogue (see DirectConvJob);
+// x holds the padded input, so koff and the strides reach every tap. Same bits as
+// gemm_prepacked on the im2col of x. False, with nothing written, when the active ISA has
+// no direct kernels, a is packed for another ISA or by pack_owned, stride is not 1 or 2,
+// or r0 is not a multiple of conv_direct_unit().
 bool conv_prepacked_direct(const PackedMatrix& a, const float* x, const int64_t* koff,
                            int64_t stride, int64_t row_step, int64_t oh0, int64_t oh1, int64_t ow,
                            int64_t r0, int64_t r1, float* c, int64_t ldc,
