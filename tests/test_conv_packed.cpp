@@ -149,6 +149,15 @@ TEST_SUITE("conv_packed") {
     CHECK_FALSE(conv_prepacked_direct(pw, xp.data(), koff.data(), 3, 2 * wp, 0, oh, ow, 0, 72,
                                       untouched.data(), oh * ow, GemmEpilogue{}));
     CHECK(untouched[0] == -5.0f);
+    // Stride 1 (the kernels' other stride; no layer takes it, tested here): the same
+    // padded input read one float apart, the 33x33 output of a stride-1 convolution.
+    Conv2dSpec s1 = s;
+    s1.stride_h = s1.stride_w = 1;
+    const Tensor expect1 = conv2d_forward_packed(x, pw, nullptr, s1);
+    Tensor got1 = Tensor::full(expect1.shape(), -5.0f);
+    REQUIRE(conv_prepacked_direct(pw, xp.data(), koff.data(), 1, wp, 0, c.size, c.size, 0, c.cout,
+                                  got1.data(), c.size * c.size, GemmEpilogue{}));
+    CHECK(same_bits(got1, expect1));
   }
 
   TEST_CASE("conv2d_backward_data_packed equals conv2d_backward_data bit for bit") {
