@@ -4,8 +4,8 @@
 // versions (engine/kernels/neon/eltwise_neon.cpp). Every NEON kernel computes exactly what its
 // reference does, operation for operation (no reassociated sums), so the two give the same
 // bits - except that max pooling may return +0 where the reference keeps a -0 that came
-// first in the window, and NaN payloads may differ; tests/test_eltwise.cpp checks this on
-// every supported ISA.
+// first in the window, and NaN payloads may differ (the same holds for the AVX2 table's
+// stride-2 max pooling); tests/test_eltwise.cpp checks this on every supported ISA.
 #pragma once
 #include <cstdint>
 

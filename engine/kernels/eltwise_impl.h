@@ -3,7 +3,9 @@
 // and compiled into each x86 table with that table's flags: the scalar reference for
 // baseline x86-64 (and every other CPU), the AVX2 table with -mavx2 (the compiler then
 // vectorises the same loops eight lanes wide). Every kernel does the same operations in
-// the same order, element by element, so both tables give the same bits.
+// the same order, element by element, so both tables give the same bits; the one exception
+// is the AVX2 build's stride-2 max pooling (maxpool_plane_s2), which gives the same values
+// but may differ in the sign of a zero or in which NaN comes out.
 //
 // Include only from a kernel table's source file: everything here has internal linkage,
 // so each includer gets its own copy built with its own flags. Nothing here may
@@ -109,11 +111,87 @@ void pool_row(const float* c, const PoolPlane& p, float* y) {
   for (int64_t ox = hi; ox < p.ow; ++ox) clipped(ox);
 }
 
+#if defined(__AVX2__)
+// max_nan eight lanes wide: v where v > m or v is NaN, else m.
+inline __m256 max_nan8(__m256 m, __m256 v) {
+  const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  return _mm256_blendv_ps(m, v, take);
+}
+
+// Floats 0, 2, ..., 6 of a then 1, 3, ..., 7 of b when Sel is (3,1,2,0); 0, 2, ... of both
+// with (2,0,2,0); 1, 3, ... of both with (3,1,3,1): shuffle_ps picks within 128-bit halves,
+// the 64-bit permute puts the halves in order.
+template <int Sel>
+inline __m256 pick_pairs(__m256 a, __m256 b) {
+  const __m256 s = _mm256_shuffle_ps(a, b, Sel);
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+// Stride-2 pooling with windows 2 or 3 wide (VGG16's 2x2 pools, ResNet-50's 3x3 stem pool),
+// eight outputs at a time, all in registers: for the outputs whose window starts at input
+// column c, the window's rows are reduced first (columns c..c+15, and c+2..c+9 and
+// c+9..c+16 for a third column), then even and odd columns are split by shuffles. The
+// separable loop below goes through a scratch row that it reads back at an odd offset
+// right after writing it, which stalls every load on the store buffer. Outputs whose
+// window leaves the row, and those right of the last group that fits, take the scalar
+// maxpool_window. NaN wins in
+// both, so the values are those of the reference (only the sign of a zero or which NaN
+// may differ).
+void maxpool_plane_s2(const float* x, const PoolPlane& p, float* y) {
+  const bool three = p.kw == 3;
+  const int64_t reach = three ? 17 : 16;  // floats read from the first window's column
+  const int64_t ox_lo = std::min(p.ow, (p.pw + 1) / 2);  // first ox with 2 ox - pw >= 0
+  auto fits = [&](int64_t ox) { return ox + 8 <= p.ow && 2 * ox - p.pw + reach <= p.w; };
+  int64_t ox_hi = ox_lo;
+  while (fits(ox_hi)) ox_hi += 8;
+  // One more group that overlaps the last one, as far right as the row allows, so that
+  // few outputs are left to the scalar loop (ResNet-50's 112 -> 56: none but the first).
+  int64_t extra = -1;
+  if (ox_hi > ox_lo && ox_hi < p.ow) {
+    const int64_t last = std::min(p.ow - 8, (p.w - reach + p.pw) / 2);
+    if (last > ox_hi - 8 && fits(last)) extra = last;
+  }
+  const int64_t ox_tail = extra >= 0 ? extra + 8 : ox_hi;
+  const __m256 lowest = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t oy = 0; oy < p.oh; ++oy) {
+    float* yrow = y + oy * p.ow;
+    const int64_t y0 = std::max<int64_t>(oy * p.sh - p.ph, 0);
+    const int64_t y1 = std::min(oy * p.sh - p.ph + p.kh, p.h);
+    for (int64_t ox = 0; ox < ox_lo; ++ox) yrow[ox] = maxpool_window(x, p, oy, ox);
+    for (int64_t g = ox_lo; g <= ox_hi; g += 8) {
+      const int64_t ox = g < ox_hi ? g : extra;
+      if (ox < 0) break;
+      const float* col = x + 2 * ox - p.pw;
+      __m256 lo = lowest, hi = lowest, t2lo = lowest, t2hi = lowest;
+      for (int64_t iy = y0; iy < y1; ++iy) {
+        const float* r = col + iy * p.w;
+        lo = max_nan8(lo, _mm256_loadu_ps(r));
+        hi = max_nan8(hi, _mm256_loadu_ps(r + 8));
+        if (three) {
+          t2lo = max_nan8(t2lo, _mm256_loadu_ps(r + 2));
+          t2hi = max_nan8(t2hi, _mm256_loadu_ps(r + 9));
+        }
+      }
+      __m256 best = max_nan8(pick_pairs<_MM_SHUFFLE(2, 0, 2, 0)>(lo, hi),
+                             pick_pairs<_MM_SHUFFLE(3, 1, 3, 1)>(lo, hi));
+      // Columns c+2, c+4, ..., c+16: the even ones of c+2..c+9, the odd ones of c+9..c+16.
+      if (three) best = max_nan8(best, pick_pairs<_MM_SHUFFLE(3, 1, 2, 0)>(t2lo, t2hi));
+      _mm256_storeu_ps(yrow + ox, best);
+    }
+    for (int64_t ox = ox_tail; ox < p.ow; ++ox) yrow[ox] = maxpool_window(x, p, oy, ox);
+  }
+}
+#endif
+
 // Separable: for each output row, the maximum of every input column over the window's
 // rows (a contiguous pass that vectorises), then each output's maximum over its columns.
 // The same values as maxpool_window per output (the maximum of the same set, NaN when any
-// is NaN); only which of -0 and +0, or which NaN, comes out may differ.
+// is NaN); only which of -0 and +0, or which NaN, comes out may differ. The AVX2 build
+// sends stride-2 windows 2 or 3 wide to maxpool_plane_s2 instead.
 void maxpool_plane(const float* x, const PoolPlane& p, float* y) {
+#if defined(__AVX2__)
+  if (p.sw == 2 && (p.kw == 2 || p.kw == 3)) return maxpool_plane_s2(x, p, y);
+#endif
   float* c = pool_scratch(std::max<int64_t>(p.w, 1));
   const float lowest = -std::numeric_limits<float>::infinity();
   for (int64_t oy = 0; oy < p.oh; ++oy) {
