@@ -546,9 +546,16 @@ void streamed_products(const WinogradFilter& f, const Variant& var,
     parallel_for(blocks, [&](int64_t lo, int64_t hi) { run_blocks(lo, hi, 0, count); });
     return;
   }
-  const int64_t units = (count + pk.nr - 1) / pk.nr;  // whole tiles of the packed-B layout
-  parallel_for(units, [&](int64_t lo, int64_t hi) {
-    run_blocks(0, blocks, lo * pk.nr, std::min(count, hi * pk.nr));
+  // Each thread's columns in whole tiles of the packed-B layout, as even as those allow.
+  // The last tile is often short (196 tiles: six of 32 columns and one of 4), so halving
+  // the tile count would give one thread 128 columns and the other 68.
+  const int64_t units = (count + pk.nr - 1) / pk.nr;
+  const int64_t parts = std::min<int64_t>(num_threads(), units);
+  auto cut = [&](int64_t i) {
+    return i >= parts ? count : std::min(count, (count * i / parts + pk.nr / 2) / pk.nr * pk.nr);
+  };
+  parallel_for(parts, [&](int64_t lo, int64_t hi) {
+    if (cut(hi) > cut(lo)) run_blocks(0, blocks, cut(lo), cut(hi));
   });
 }
 
