@@ -53,22 +53,18 @@ void gemm(const GemmArgs& g) {
     gemm_single(isa, g);
     return;
   }
-  // Split the longer side of C into one panel per thread, in units of 16 so the panels are
-  // balanced to within a vector. Each thread packs its own operands once; the kernels sum
-  // every element identically however C is cut, so the split never changes a result.
+  // Split the longer side of C into one contiguous range of 16-wide units per thread
+  // (parallel_for chooses the cut). Each thread packs its own operands once; the kernels
+  // sum every element identically however C is cut, so the split never changes a result.
   const bool split_cols = g.n >= g.m;
   const int64_t len = split_cols ? g.n : g.m;
   const int64_t unit = 16;
   const int64_t units = (len + unit - 1) / unit;
-  const int64_t parts = std::min<int64_t>(units, threads);
-  parallel_for(parts, [&](int64_t b, int64_t e) {
-    for (int64_t p = b; p < e; ++p) {
-      const int64_t u0 = units * p / parts, u1 = units * (p + 1) / parts;
-      const int64_t s0 = std::min(len, u0 * unit), s1 = std::min(len, u1 * unit);
-      if (s0 >= s1) continue;
-      GemmArgs s = split_cols ? block(g, 0, g.m, s0, s1) : block(g, s0, s1, 0, g.n);
-      gemm_single(isa, s);
-    }
+  parallel_for(units, [&](int64_t ub, int64_t ue) {
+    const int64_t s0 = std::min(len, ub * unit), s1 = std::min(len, ue * unit);
+    if (s0 >= s1) return;
+    GemmArgs s = split_cols ? block(g, 0, g.m, s0, s1) : block(g, s0, s1, 0, g.n);
+    gemm_single(isa, s);
   });
 }
 
@@ -268,23 +264,21 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
   const bool split_cols = !lanes_m && n >= m;
   const int64_t unit = split_cols ? kern->nr : row_unit;
   const int64_t len = split_cols ? n : m;
+  // parallel_for gives each thread one contiguous range of units (where it cuts is its
+  // choice: see engine/parallel.cpp).
   const int64_t units = (len + unit - 1) / unit;
-  const int64_t parts = std::min<int64_t>(units, threads);
-  parallel_for(parts, [&](int64_t pb, int64_t pe) {
-    for (int64_t p = pb; p < pe; ++p) {
-      const int64_t s0 = std::min(len, units * p / parts * unit);
-      const int64_t s1 = std::min(len, units * (p + 1) / parts * unit);
-      if (s0 >= s1) continue;
-      PrepackedJob part = job;
-      if (split_cols) {
-        part.n0 = s0;
-        part.n1 = s1;
-      } else {
-        part.r0 = s0;
-        part.r1 = s1;
-      }
-      kern->run(part);
+  parallel_for(units, [&](int64_t ub, int64_t ue) {
+    const int64_t s0 = std::min(len, ub * unit), s1 = std::min(len, ue * unit);
+    if (s0 >= s1) return;
+    PrepackedJob part = job;
+    if (split_cols) {
+      part.n0 = s0;
+      part.n1 = s1;
+    } else {
+      part.r0 = s0;
+      part.r1 = s1;
     }
+    kern->run(part);
   });
 }
 

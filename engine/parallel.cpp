@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <exception>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -36,16 +37,55 @@ bool spin_until(Ready ready) {
 
 thread_local bool t_inside_job = false;  // a parallel_for body runs on this thread
 
+// Two-thread regions are cut where the two threads are expected to finish together. On a
+// VM one vCPU is often 5-20 % slower than the other for minutes at a time (a neighbour on
+// the host), and with an even cut the faster thread then waits in every region: counted
+// over ResNet-50 passes at 224x224, the calling thread finished 1.7-3.7 ms later than the
+// worker per 25-27 ms pass in such phases. So the calling thread's speed relative to the
+// worker is learned from every region's two finish times, and each range is cut in that
+// proportion. Every body gives the same bits for any cut of its range (the engine's rule),
+// so this changes timings only.
+constexpr int64_t kShareOne = 1 << 16;   // the caller's share, in 1/65536ths of a range
+constexpr int64_t kBalanceMinItems = 3;  // two items: no cut but the middle
+constexpr int64_t kLearnMinNs = 20000;   // shorter regions say more about noise than speed
+constexpr int kLearnShift = 5;           // each region moves the share 1/32 of the way
+
+// ISPLIT_BALANCE=0 turns the learned cut off (even cuts).
+bool balance_from_env() {
+  const char* env = std::getenv("ISPLIT_BALANCE");
+  return !(env && std::string(env) == "0");
+}
+std::atomic<bool> g_balance{balance_from_env()};
+std::atomic<int64_t> g_caller_share{kShareOne / 2};
+
+// Moves the caller's share towards the one that would have made this region's parts end
+// together: the caller did `done` of n items in caller_ns, the worker the rest in worker_ns.
+void learn_share(int64_t done, int64_t n, int64_t caller_ns, int64_t worker_ns) {
+  if (std::max(caller_ns, worker_ns) < kLearnMinNs || caller_ns <= 0 || worker_ns <= 0) return;
+  const double vc = static_cast<double>(done) / caller_ns, vw = static_cast<double>(n - done) / worker_ns;
+  const int64_t ideal = static_cast<int64_t>(kShareOne * vc / (vc + vw));
+  const int64_t share = g_caller_share.load(std::memory_order_relaxed);
+  const int64_t next = share + ((ideal - share) >> kLearnShift);
+  g_caller_share.store(std::clamp<int64_t>(next, kShareOne / 4, kShareOne * 3 / 4), std::memory_order_relaxed);
+}
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 // A fixed set of worker threads for parallel_for.
 //
-// A job is cut into `parts` contiguous ranges that depend only on n and the thread count;
-// the caller and the workers claim parts one by one from a shared counter. Which thread
-// runs a part never matters (every kernel computes the same bits from the same range), so
-// a part nobody has started yet is simply taken by whoever is free: on a busy machine, a
-// worker that the scheduler has not run yet delays nothing, and a waiting thread sleeps
-// after a short spin instead of keeping a core from the thread it waits for. This is what
-// OpenMP's static schedule with spin-waiting did not do: one preempted thread stalled every
-// region, up to ten times the step time with a compiler running beside a training run.
+// A job is cut into `parts` contiguous ranges (equal ones, or with two threads the learned
+// cut above); the caller runs part 0, then the caller and the workers claim the other
+// parts one by one from a shared counter. Which thread runs a part never matters (every
+// kernel computes the same bits from the same range), so a part nobody has started yet
+// is simply taken by whoever is free: on a busy machine, a worker that the scheduler has
+// not run yet delays nothing, and a waiting thread sleeps after a short spin instead of
+// keeping a core from the thread it waits for. This is what OpenMP's static schedule with
+// spin-waiting did not do: one preempted thread stalled every region, up to ten times the
+// step time with a compiler running beside a training run.
 class Pool {
  public:
   static Pool& instance() {
@@ -69,13 +109,21 @@ class Pool {
     parts_ = parts;
     chunk_ = (n + parts - 1) / parts;
     error_ = nullptr;
+    // Two parts: cut at the caller's learned share.
+    const bool learn = parts == 2 && n >= kBalanceMinItems && g_balance.load(std::memory_order_relaxed);
+    const int64_t share = g_caller_share.load(std::memory_order_relaxed);
+    cut_ = learn ? std::clamp<int64_t>((n * share + kShareOne / 2) / kShareOne, 1, n - 1) : chunk_;
+    start_ns_ = learn ? now_ns() : 0;
+    worker_end_ns_ = 0;
     done_.store(0, std::memory_order_relaxed);
     const uint64_t gen = ++generation_;
-    state_.store(gen << 32, std::memory_order_seq_cst);  // publishes the job: part 0 next
+    state_.store((gen << 32) | 1u, std::memory_order_seq_cst);  // publishes the job: part 1 next
     if (sleepers_.load(std::memory_order_seq_cst) > 0) {
       std::lock_guard<std::mutex> lock(mutex_);
       work_cv_.notify_all();
     }
+    run_part(0);
+    const int64_t caller_end = learn ? now_ns() - start_ns_ : 0;
     run_parts(gen);
     if (!spin_until([&] { return done_.load(std::memory_order_acquire) == parts_; })) {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -84,6 +132,8 @@ class Pool {
       caller_waiting_ = false;
     }
     fn_ = nullptr;
+    // Learn only from regions where a worker ran part 1 (not the caller after it).
+    if (learn && worker_end_ns_ > 0) learn_share(cut_, n, caller_end, worker_end_ns_);
     if (error_) std::rethrow_exception(error_);
     return true;
   }
@@ -101,8 +151,32 @@ class Pool {
     workers_.clear();
   }
 
-  // Claims and runs parts of job `gen` until none is left.
-  void run_parts(uint64_t gen) {
+  // Runs part `part` of the current job and counts it done; a worker timing its part for
+  // the learned cut notes when it ended first (the caller reads that once all are done).
+  void run_part(int part, bool timed = false) {
+    // Part 0 ends at the cut (chunk_ unless learned), the others follow in chunk_ steps.
+    const int64_t b = part == 0 ? 0 : std::min(n_, cut_ + (part - 1) * chunk_);
+    const int64_t e = part == 0 ? cut_ : part == parts_ - 1 ? n_ : std::min(n_, cut_ + part * chunk_);
+    if (b < e) {
+      t_inside_job = true;
+      try {
+        (*fn_)(b, e);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!error_) error_ = std::current_exception();
+      }
+      t_inside_job = false;
+    }
+    if (timed) worker_end_ns_ = now_ns() - start_ns_;
+    if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == parts_) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (caller_waiting_) done_cv_.notify_one();
+    }
+  }
+
+  // Claims and runs parts of job `gen` (part 1 on) until none is left; `worker`: called by
+  // a worker, which times its parts when the job learns its cut.
+  void run_parts(uint64_t gen, bool worker = false) {
     for (;;) {
       uint64_t s = state_.load(std::memory_order_acquire);
       int part;
@@ -110,21 +184,7 @@ class Pool {
         part = static_cast<int>(s & 0xffffffffu);
         if ((s >> 32) != gen || part >= parts_) return;
       } while (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel));
-      const int64_t b = part * chunk_, e = std::min(n_, b + chunk_);
-      if (b < e) {
-        t_inside_job = true;
-        try {
-          (*fn_)(b, e);
-        } catch (...) {
-          std::lock_guard<std::mutex> lock(mutex_);
-          if (!error_) error_ = std::current_exception();
-        }
-        t_inside_job = false;
-      }
-      if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == parts_) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (caller_waiting_) done_cv_.notify_one();
-      }
+      run_part(part, worker && start_ns_ > 0);
     }
   }
 
@@ -140,7 +200,7 @@ class Pool {
         if (stop_) return;
       }
       seen = generation_of(state_.load(std::memory_order_acquire));
-      run_parts(seen);
+      run_parts(seen, true);
     }
   }
 
@@ -158,7 +218,9 @@ class Pool {
   uint64_t generation_ = 0;
   std::atomic<int> done_{0};
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
-  int64_t n_ = 0, chunk_ = 0;
+  int64_t n_ = 0, chunk_ = 0, cut_ = 0;
+  int64_t start_ns_ = 0;       // when a learning job began (0: not learning)
+  int64_t worker_end_ns_ = 0;  // when the worker's part ended, after start_ns_
   int parts_ = 0;
   std::exception_ptr error_;
 };
@@ -179,6 +241,15 @@ int default_threads() {
 }
 
 }  // namespace
+
+void set_parallel_balance(bool on) {
+  g_balance.store(on, std::memory_order_relaxed);
+  g_caller_share.store(kShareOne / 2, std::memory_order_relaxed);
+}
+
+double parallel_caller_share() {
+  return static_cast<double>(g_caller_share.load(std::memory_order_relaxed)) / kShareOne;
+}
 
 void set_num_threads(int n) {
   if (n <= 0) n = default_threads();

@@ -17,13 +17,21 @@ void set_num_threads(int n);
 // The number of threads the engine uses.
 int num_threads();
 
-// Runs fn(begin, end) over [0, n) split into contiguous chunks, one per thread.
-// The split depends only on n and the thread count, so results are reproducible.
+// Runs fn(begin, end) over [0, n) split into contiguous chunks, one per thread: equal ones,
+// or with two threads cut at the calling thread's learned share (set_parallel_balance).
+// Every body must give the same bits for any split of its range (the engine's kernels
+// do), so results never depend on where the cut falls.
 void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
 // parallel_for with at least `grain` elements per thread (fewer threads, or the calling
 // thread alone, for small n): for cheap per-element work, where waking a thread for a few
 // thousand elements costs more than it saves.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+// Turns on or off (ISPLIT_BALANCE=0 starts it off) the learned cut of two-thread regions,
+// where the calling thread takes the share of each range that, by the finish times of the
+// regions before, makes both threads end together; resets what was learned to half.
+void set_parallel_balance(bool on);
+// The calling thread's current share of a two-thread region's range (0.5 when even).
+double parallel_caller_share();
 // Elements per thread worth a parallel pass of a streaming elementwise kernel.
 constexpr int64_t kEltwiseGrain = 16384;
 

@@ -1,8 +1,10 @@
 // The worker pool behind parallel_for: every index runs exactly once with the documented
-// split, exceptions reach the caller, nested and concurrent calls run serially and correctly.
+// split (even, or with two threads the learned cut), exceptions reach the caller, nested and
+// concurrent calls run serially and correctly.
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <chrono>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -11,8 +13,18 @@
 
 using namespace isplit;
 
+namespace {
+// Keeps this thread busy (not asleep) for d.
+void spin_for(std::chrono::microseconds d) {
+  const auto until = std::chrono::steady_clock::now() + d;
+  while (std::chrono::steady_clock::now() < until) {
+  }
+}
+}  // namespace
+
 TEST_SUITE("parallel") {
   TEST_CASE("each index runs once, in ranges fixed by n and the thread count") {
+    set_parallel_balance(false);  // even cuts
     for (int threads : {1, 2, 3, 7}) {
       set_num_threads(threads);
       CHECK(num_threads() == threads);
@@ -31,6 +43,44 @@ TEST_SUITE("parallel") {
         CHECK(calls.load() <= threads);
       }
     }
+    set_num_threads(0);
+    set_parallel_balance(true);
+  }
+
+  TEST_CASE("with two threads the cut moves work to the faster thread; every index runs once") {
+    set_num_threads(2);
+    set_parallel_balance(true);
+    CHECK(parallel_caller_share() == 0.5);
+    const std::thread::id caller = std::this_thread::get_id();
+    const int64_t n = 64;
+    // Items cost three times as much on the calling thread: the finish times should move
+    // the cut until the caller takes a quarter of them (the lowest share allowed).
+    auto region = [&](int64_t& caller_items) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      std::atomic<int64_t> mine{0};
+      parallel_for(n, [&](int64_t b, int64_t e) {
+        const bool on_caller = std::this_thread::get_id() == caller;
+        for (int64_t i = b; i < e; ++i) {
+          spin_for(std::chrono::microseconds(on_caller ? 6 : 2));
+          ++hits[static_cast<size_t>(i)];
+        }
+        if (on_caller) mine += e - b;
+      });
+      for (auto& h : hits) REQUIRE(h.load() == 1);
+      caller_items = mine.load();
+    };
+    int64_t caller_items = 0;
+    for (int round = 0; round < 300; ++round) region(caller_items);
+    CHECK(parallel_caller_share() < 0.4);
+    CHECK(parallel_caller_share() >= 0.25);
+    // The caller runs the first part, and the second too if the worker came late.
+    CHECK((caller_items < 26 || caller_items == n));
+    // Off: the even cut again.
+    set_parallel_balance(false);
+    CHECK(parallel_caller_share() == 0.5);
+    region(caller_items);
+    CHECK((caller_items == n / 2 || caller_items == n));
+    set_parallel_balance(true);
     set_num_threads(0);
   }
 
