@@ -317,6 +317,22 @@ struct PaddedPlane {
   }
 };
 
+// For each tap t and output pixel q of a [h, w] input, the input pixel the tap reads
+// (at t * oh * ow + q), or -1 where it falls on the padding.
+std::vector<int32_t> tap_sources(int64_t h, int64_t w, int64_t oh, int64_t ow, const Conv2dSpec& s) {
+  const int64_t taps = s.kh * s.kw, hw = oh * ow;
+  std::vector<int32_t> src(static_cast<size_t>(taps * hw));
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t y = 0; y < oh; ++y)
+      for (int64_t x0 = 0; x0 < ow; ++x0) {
+        const int64_t iy = y * s.stride_h - s.pad_h + (t / s.kw) * s.dil_h;
+        const int64_t ix = x0 * s.stride_w - s.pad_w + (t % s.kw) * s.dil_w;
+        src[static_cast<size_t>(t * hw + y * ow + x0)] =
+            iy >= 0 && iy < h && ix >= 0 && ix < w ? static_cast<int32_t>(iy * w + ix) : -1;
+      }
+  return src;
+}
+
 // Output maps at least this wide go through a PaddedPlane; narrower ones (ResNet-50's 2x2
 // at 64x64) through a table of source offsets, which was faster there.
 constexpr int64_t kPlaneMinWidth = 4;
@@ -345,17 +361,9 @@ void columns_batch(const Tensor& x, int64_t img0, int64_t nb, int64_t oh, int64_
     });
     return;
   }
-  // Narrow maps: where each (tap, output pixel) reads from, -1 for padding, worked out
-  // once for all channels and images, so the copy is one tight loop.
-  std::vector<int32_t> from(static_cast<size_t>(direct ? 0 : taps * hw));
-  for (int64_t t = 0; t < taps && !direct; ++t)
-    for (int64_t y = 0; y < oh; ++y)
-      for (int64_t x0 = 0; x0 < ow; ++x0) {
-        const int64_t iy = y * s.stride_h - s.pad_h + (t / s.kw) * s.dil_h;
-        const int64_t ix = x0 * s.stride_w - s.pad_w + (t % s.kw) * s.dil_w;
-        from[static_cast<size_t>(t * hw + y * ow + x0)] =
-            iy >= 0 && iy < h && ix >= 0 && ix < w ? static_cast<int32_t>(iy * w + ix) : -1;
-      }
+  // Narrow maps: where each (tap, output pixel) reads from, worked out once for all
+  // channels and images, so the copy is one tight loop.
+  const std::vector<int32_t> from = direct ? std::vector<int32_t>() : tap_sources(h, w, oh, ow, s);
   parallel_for(cin, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c)
       for (int64_t im = 0; im < nb; ++im) {
@@ -407,11 +415,33 @@ void scatter_images(const float* m, int64_t img0, int64_t nb, const Tensor* bias
   });
 }
 
+// Output maps narrower than this go through col2im_add_batch's table of destinations.
+constexpr int64_t kCol2imTableWidth = 8;
+
 // Adds gcol [K, nb*hw] (image j at column j*hw) back into images [img0, img0+nb) of gx.
 void col2im_add_batch(const float* gcol, int64_t img0, int64_t nb, int64_t oh, int64_t ow,
                       const Conv2dSpec& s, Tensor& gx) {
   const int64_t cin = s.in_channels, h = gx.dim(2), w = gx.dim(3), hw = oh * ow;
   const int64_t taps = s.kh * s.kw, ld = nb * hw;
+  if (ow < kCol2imTableWidth) {
+    // Narrow maps (ResNet-50's last stages at 64x64): where each (tap, output pixel) adds
+    // to, worked out once, so each channel is one tight loop instead of a span computed per
+    // tap and row. The terms reach each element in the same order.
+    const std::vector<int32_t> to = tap_sources(h, w, oh, ow, s);
+    parallel_for(cin, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c)
+        for (int64_t im = 0; im < nb; ++im) {
+          float* gc = gx.data() + ((img0 + im) * cin + c) * h * w;
+          for (int64_t t = 0; t < taps; ++t) {
+            const float* src = gcol + (c * taps + t) * ld + im * hw;
+            const int32_t* f = to.data() + t * hw;
+            for (int64_t q = 0; q < hw; ++q)
+              if (f[q] >= 0) gc[f[q]] += src[q];
+          }
+        }
+    });
+    return;
+  }
   // One thread per channel: taps of one channel overlap, channels never do.
   parallel_for(cin, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c)

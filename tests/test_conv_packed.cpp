@@ -167,6 +167,9 @@ TEST_SUITE("conv_packed") {
         {64, 256, 1, 1, 0, 1, 14}, {64, 256, 1, 1, 0, 3, 14}, {256, 512, 1, 2, 0, 2, 14},
         {32, 48, 1, 1, 0, 2, 20},  {16, 40, 3, 1, 1, 1, 9},   {16, 40, 3, 2, 1, 3, 9},
         {8, 24, 3, 1, 1, 2, 40},   {3, 64, 7, 2, 3, 1, 32},   {512, 2048, 1, 1, 0, 1, 2},
+        // Output maps narrower than 8 (col2im by a table of destinations): 4x4, 2x2, and
+        // a 7x7 stride-2 window whose taps fall off every side.
+        {64, 32, 3, 1, 1, 1, 4},   {32, 64, 3, 2, 1, 2, 4},   {8, 16, 7, 2, 3, 2, 8},
     };
     for (int threads : {1, 2}) {
       set_num_threads(threads);
