@@ -197,14 +197,16 @@ struct TapRows {
   }
 };
 
-// Adds col [K, OH*OW] back into the image gradient (the adjoint of im2col).
+// Adds col [K, OH*OW] back into the image gradient (the adjoint of im2col); zero_first:
+// each channel is zeroed first, by the thread that adds into it.
 void col2im_add(const float* col, int64_t channels, int64_t h, int64_t w, int64_t oh,
-                int64_t ow, const Conv2dSpec& s, float* gx) {
+                int64_t ow, const Conv2dSpec& s, float* gx, bool zero_first) {
   const int64_t taps = s.kh * s.kw;
   // One thread per channel: taps of one channel overlap, channels never do.
   parallel_for(channels, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c) {
       float* gc = gx + c * h * w;
+      if (zero_first) std::fill(gc, gc + h * w, 0.0f);
       for (int64_t t = 0; t < taps; ++t) {
         const ColSpan span = col_span(t % s.kw, w, ow, s);
         const float* src = col + (c * taps + t) * oh * ow;
@@ -418,9 +420,10 @@ void scatter_images(const float* m, int64_t img0, int64_t nb, const Tensor* bias
 // Output maps narrower than this go through col2im_add_batch's table of destinations.
 constexpr int64_t kCol2imTableWidth = 8;
 
-// Adds gcol [K, nb*hw] (image j at column j*hw) back into images [img0, img0+nb) of gx.
+// Adds gcol [K, nb*hw] (image j at column j*hw) back into images [img0, img0+nb) of gx;
+// zero_first: each of their channels is zeroed first, by the thread that adds into it.
 void col2im_add_batch(const float* gcol, int64_t img0, int64_t nb, int64_t oh, int64_t ow,
-                      const Conv2dSpec& s, Tensor& gx) {
+                      const Conv2dSpec& s, Tensor& gx, bool zero_first) {
   const int64_t cin = s.in_channels, h = gx.dim(2), w = gx.dim(3), hw = oh * ow;
   const int64_t taps = s.kh * s.kw, ld = nb * hw;
   if (ow < kCol2imTableWidth) {
@@ -432,6 +435,7 @@ void col2im_add_batch(const float* gcol, int64_t img0, int64_t nb, int64_t oh, i
       for (int64_t c = b; c < e; ++c)
         for (int64_t im = 0; im < nb; ++im) {
           float* gc = gx.data() + ((img0 + im) * cin + c) * h * w;
+          if (zero_first) std::fill(gc, gc + h * w, 0.0f);
           for (int64_t t = 0; t < taps; ++t) {
             const float* src = gcol + (c * taps + t) * ld + im * hw;
             const int32_t* f = to.data() + t * hw;
@@ -447,6 +451,7 @@ void col2im_add_batch(const float* gcol, int64_t img0, int64_t nb, int64_t oh, i
     for (int64_t c = b; c < e; ++c)
       for (int64_t im = 0; im < nb; ++im) {
         float* gc = gx.data() + ((img0 + im) * cin + c) * h * w;
+        if (zero_first) std::fill(gc, gc + h * w, 0.0f);
         for (int64_t t = 0; t < taps; ++t) {
           const ColSpan span = col_span(t % s.kw, w, ow, s);
           const float* src = gcol + (c * taps + t) * ld + im * hw;
@@ -756,8 +761,9 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s
   const int64_t k = cin_g * s.kh * s.kw;
   const bool direct = is_pointwise(s);
   const int64_t nb = images_per_chunk(n, hw, g);
-  // Overlapping windows add up in col2im: those start from zeros.
-  if (!accumulate && !direct) gx.zero();
+  // Overlapping windows add up in col2im: those start from zeros, which col2im writes
+  // channel by channel in its threads.
+  const bool zero_first = !accumulate && !direct;
   accumulate = accumulate || !direct;
   if (nb > 0) {
     Tensor gys = Tensor::empty({s.out_channels * nb * hw}), gcol = Tensor::empty({k * nb * hw});
@@ -769,7 +775,7 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s
       if (direct)
         scatter_images(gcol.data(), img0, m, nullptr, accumulate, gx);
       else
-        col2im_add_batch(gcol.data(), img0, m, oh, ow, s, gx);
+        col2im_add_batch(gcol.data(), img0, m, oh, ow, s, gx, zero_first);
     }
     return;
   }
@@ -783,7 +789,7 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s
         gemm(true, false, k, hw, cout_g, wg, k, gyg, hw, accumulate ? 1.0f : 0.0f, gxg, hw);
       } else {
         gemm(true, false, k, hw, cout_g, wg, k, gyg, hw, 0.0f, col.data(), hw);
-        col2im_add(col.data(), cin_g, h, wd, oh, ow, s, gxg);
+        col2im_add(col.data(), cin_g, h, wd, oh, ow, s, gxg, zero_first);
       }
     }
 }
@@ -803,7 +809,8 @@ void conv2d_backward_data_packed(const Tensor& gy, const PackedMatrix& wt, const
                 std::to_string(s.out_channels));
   const bool direct = is_pointwise(s);
   const int64_t nb = images_per_chunk(n, hw, 1);
-  if (!accumulate && !direct) gx.zero();  // col2im adds overlapping windows up
+  // col2im adds overlapping windows up, into channels it zeroes first where gx is written.
+  const bool zero_first = !accumulate && !direct;
   accumulate = accumulate || !direct;
   if (direct && n == 1 && !accumulate) {
     // One image written, not added: the product's rows are gx's channels.
@@ -825,7 +832,7 @@ void conv2d_backward_data_packed(const Tensor& gy, const PackedMatrix& wt, const
       if (direct)
         scatter_images(gcol.data(), img0, m, nullptr, accumulate, gx);
       else
-        col2im_add_batch(gcol.data(), img0, m, oh, ow, s, gx);
+        col2im_add_batch(gcol.data(), img0, m, oh, ow, s, gx, zero_first);
     }
     return;
   }
@@ -837,7 +844,7 @@ void conv2d_backward_data_packed(const Tensor& gy, const PackedMatrix& wt, const
       gemm_prepacked(wt, false, hw, gyi, hw, accumulate ? 1.0f : 0.0f, gxi, hw);
     } else {
       gemm_prepacked(wt, false, hw, gyi, hw, 0.0f, col.data(), hw);
-      col2im_add(col.data(), s.in_channels, h, wd, oh, ow, s, gxi);
+      col2im_add(col.data(), s.in_channels, h, wd, oh, ow, s, gxi, zero_first);
     }
   }
 }
