@@ -426,26 +426,11 @@ void col2im_add_batch(const float* gcol, int64_t img0, int64_t nb, int64_t oh, i
                       const Conv2dSpec& s, Tensor& gx, bool zero_first) {
   const int64_t cin = s.in_channels, h = gx.dim(2), w = gx.dim(3), hw = oh * ow;
   const int64_t taps = s.kh * s.kw, ld = nb * hw;
-  if (ow < kCol2imTableWidth) {
-    // Narrow maps (ResNet-50's last stages at 64x64): where each (tap, output pixel) adds
-    // to, worked out once, so each channel is one tight loop instead of a span computed per
-    // tap and row. The terms reach each element in the same order.
-    const std::vector<int32_t> to = tap_sources(h, w, oh, ow, s);
-    parallel_for(cin, [&](int64_t b, int64_t e) {
-      for (int64_t c = b; c < e; ++c)
-        for (int64_t im = 0; im < nb; ++im) {
-          float* gc = gx.data() + ((img0 + im) * cin + c) * h * w;
-          if (zero_first) std::fill(gc, gc + h * w, 0.0f);
-          for (int64_t t = 0; t < taps; ++t) {
-            const float* src = gcol + (c * taps + t) * ld + im * hw;
-            const int32_t* f = to.data() + t * hw;
-            for (int64_t q = 0; q < hw; ++q)
-              if (f[q] >= 0) gc[f[q]] += src[q];
-          }
-        }
-    });
-    return;
-  }
+  // Narrow maps (ResNet-50's last stages at 64x64): where each (tap, output pixel) adds
+  // to, worked out once, so each channel is one tight loop instead of a span computed per
+  // tap and row. The terms reach each element in the same order either way.
+  const std::vector<int32_t> to =
+      ow < kCol2imTableWidth ? tap_sources(h, w, oh, ow, s) : std::vector<int32_t>();
   // One thread per channel: taps of one channel overlap, channels never do.
   parallel_for(cin, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c)
@@ -453,8 +438,14 @@ void col2im_add_batch(const float* gcol, int64_t img0, int64_t nb, int64_t oh, i
         float* gc = gx.data() + ((img0 + im) * cin + c) * h * w;
         if (zero_first) std::fill(gc, gc + h * w, 0.0f);
         for (int64_t t = 0; t < taps; ++t) {
-          const ColSpan span = col_span(t % s.kw, w, ow, s);
           const float* src = gcol + (c * taps + t) * ld + im * hw;
+          if (!to.empty()) {
+            const int32_t* f = to.data() + t * hw;
+            for (int64_t q = 0; q < hw; ++q)
+              if (f[q] >= 0) gc[f[q]] += src[q];
+            continue;
+          }
+          const ColSpan span = col_span(t % s.kw, w, ow, s);
           for (int64_t y = 0; y < oh; ++y) col2im_row_add(src + y * ow, h, w, y, t / s.kw, span, s, gc);
         }
       }
