@@ -166,6 +166,13 @@ assert sum(s['median_ms'] for s in st) <= 1.5 * d['max_ms'], (st, d)
 " && ok || bad "bench --stages --json"
 expect 0 "" -- "$ISPLIT" bench --model resnet50 --mode importance --input-size 32 --iters 1 --warmup 0 --stages
 grep -q "^layer4.2 " "$WORK/out" && grep -q "sum of stage medians" "$WORK/out" && ok || bad "bench --stages table"
+grep -q "^medians of the parts: forward (recording the tape) [0-9.]* ms, backward [0-9.]* ms" "$WORK/out" && ok || bad "bench importance parts"
+expect 0 "" -- "$ISPLIT" bench --model resnet50 --mode importance --input-size 32 --iters 3 --warmup 0 --json
+$PY -c "
+import json; d = json.load(open('$WORK/out'))
+f, b = d['forward_part_ms'], d['backward_part_ms']
+assert 0 < f and 0 < b and f + b <= d['max_ms'] * 1.01 and max(f, b) <= d['median_ms'], d
+" && ok || bad "bench importance parts --json"
 expect 1 "per-stage" -- "$ISPLIT" bench --model resnet50 --mode train --batch 2 --stages
 expect 0 "" -- "$ISPLIT" bench --model resnet50 --mode train --input-size 32 --batch 2 --iters 1 --warmup 0
 grep -q "images/s" "$WORK/out" && ok || bad "bench prints no images/s"
