@@ -365,8 +365,17 @@ const SafetensorsInfo& SafetensorsReader::info(const std::string& name) const {
 }
 
 Tensor SafetensorsReader::get(const std::string& name) const {
+  Tensor t = Tensor::empty(info(name).shape);
+  read_into(name, t);
+  return t;
+}
+
+void SafetensorsReader::read_into(const std::string& name, Tensor& t) const {
   const SafetensorsInfo& e = info(name);
-  Tensor t = Tensor::empty(e.shape);
+  if (t.shape() != e.shape)
+    tensor_error(path_, name, "shape " + shape_str(e.shape) + ", read into a tensor of shape " +
+                                  shape_str(t.shape()));
+  if (!t.defined() && t.numel() > 0) tensor_error(path_, name, "read into a tensor without storage");
   const auto* src = static_cast<const unsigned char*>(map_) + data_offset_ + e.begin;
   float* dst = t.data();
   const int64_t n = t.numel();
@@ -384,7 +393,6 @@ Tensor SafetensorsReader::get(const std::string& name) const {
     for (int64_t i = 0; i < n; ++i)
       dst[i] = bits_to_float(static_cast<uint32_t>(load_le(src + 2 * i, 2)) << 16);
   }
-  return t;
 }
 
 void save_safetensors(const std::string& path,

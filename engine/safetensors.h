@@ -40,6 +40,9 @@ class SafetensorsReader {
   const SafetensorsInfo& info(const std::string& name) const;
   // Reads a tensor converted to float32; throws Error when absent.
   Tensor get(const std::string& name) const;
+  // Reads a tensor converted to float32 into dst's storage (no temporary copy); throws
+  // Error naming the file and tensor when it is absent or dst has another shape.
+  void read_into(const std::string& name, Tensor& dst) const;
   // The `__metadata__` string map (empty when absent).
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 

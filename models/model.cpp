@@ -185,7 +185,7 @@ void Model::load(const SafetensorsReader& file) {
     if (!ignored && !expected.count(name) && stop_after_.empty())
       throw Error(file.path() + ": tensor '" + name + "': unexpected for " + arch_);
   }
-  for (auto& [name, p] : params) p->value.copy_from(file.get(name));
+  for (auto& [name, p] : params) file.read_into(name, p->value);  // shapes checked above
   if (packed_) pack_for_inference(true);  // forget filters transformed from the old weights
 }
 
@@ -233,11 +233,20 @@ std::vector<std::string> model_names() { return {"vgg16", "resnet50"}; }
 
 namespace {
 std::unique_ptr<Model> make_model(const std::string& name, int64_t num_classes, uint64_t seed,
-                                  const std::string& head, bool names_only) {
+                                  const std::string& head, bool names_only, bool random_init = true) {
   if (num_classes <= 0) throw Error("num_classes must be positive");
-  if (name == "vgg16") return make_vgg16(num_classes, seed, head, names_only);
-  if (name == "resnet50") return make_resnet50(num_classes, seed, head, names_only);
+  if (name == "vgg16") return make_vgg16(num_classes, seed, head, names_only, random_init);
+  if (name == "resnet50") return make_resnet50(num_classes, seed, head, names_only, random_init);
   throw Error("unknown model '" + name + "' (expected vgg16 or resnet50)");
+}
+
+// build_model, with or without drawing the initial weights.
+std::unique_ptr<Model> build(const std::string& name, int64_t num_classes, uint64_t seed,
+                             const std::string& head, bool random_init) {
+  if (!head.empty()) make_model(name, 1, 0, head, true)->check_head_built();  // fail cheaply
+  auto m = make_model(name, num_classes, seed, head, false, random_init);
+  m->check_head_built();
+  return m;
 }
 }  // namespace
 
@@ -247,10 +256,7 @@ std::vector<CutPoint> cut_point_names(const std::string& name, bool all) {
 
 std::unique_ptr<Model> build_model(const std::string& name, int64_t num_classes, uint64_t seed,
                                    const std::string& head) {
-  if (!head.empty()) make_model(name, 1, 0, head, true)->check_head_built();  // fail cheaply
-  auto m = make_model(name, num_classes, seed, head, false);
-  m->check_head_built();
-  return m;
+  return build(name, num_classes, seed, head, true);
 }
 
 std::unique_ptr<Model> load_model(const std::string& name, const std::string& weights_path,
@@ -272,7 +278,7 @@ std::unique_ptr<Model> load_model(const std::string& name, const std::string& we
       num_classes = info.shape[0];
     }
   }
-  auto model = build_model(name, num_classes, 0, head);
+  auto model = build(name, num_classes, 0, head, false);  // load() sets every parameter
   model->load(file);
   return model;
 }

@@ -12,20 +12,23 @@ namespace {
 // projection shortcut (downsample.0 conv + downsample.1 bn) when the shape changes.
 class Bottleneck : public Module {
  public:
-  Bottleneck(int64_t in, int64_t planes, int64_t stride, std::mt19937_64& rng)
+  // rng null: the weights stay zero (they are about to be loaded).
+  Bottleneck(int64_t in, int64_t planes, int64_t stride, std::mt19937_64* rng)
       : conv1_(in, planes, 1, 1, 0, false),
         bn1_(planes),
         conv2_(planes, planes, 3, stride, 1, false),
         bn2_(planes),
         conv3_(planes, planes * 4, 1, 1, 0, false),
         bn3_(planes * 4) {
-    init_conv_kaiming(conv1_, rng);
-    init_conv_kaiming(conv2_, rng);
-    init_conv_kaiming(conv3_, rng);
+    if (rng) {
+      init_conv_kaiming(conv1_, *rng);
+      init_conv_kaiming(conv2_, *rng);
+      init_conv_kaiming(conv3_, *rng);
+    }
     if (stride != 1 || in != planes * 4) {
       ds_conv_ = std::make_unique<Conv2d>(in, planes * 4, 1, stride, 0, false);
       ds_bn_ = std::make_unique<BatchNorm2d>(planes * 4);
-      init_conv_kaiming(*ds_conv_, rng);
+      if (rng) init_conv_kaiming(*ds_conv_, *rng);
     }
   }
 
@@ -122,12 +125,14 @@ class Bottleneck : public Module {
 
 class ResNet50 : public Model {
  public:
-  ResNet50(int64_t num_classes, uint64_t seed, const std::string& head, bool names_only)
+  ResNet50(int64_t num_classes, uint64_t seed, const std::string& head, bool names_only,
+           bool random_init)
       : Model("resnet50", num_classes, head, names_only) {
     std::mt19937_64 rng(seed);
+    std::mt19937_64* init = random_init ? &rng : nullptr;
     add("conv1", [&] {
       auto conv1 = std::make_unique<Conv2d>(3, 64, 7, 2, 3, false);
-      init_conv_kaiming(*conv1, rng);
+      if (init) init_conv_kaiming(*conv1, rng);
       return conv1;
     }, true, false);
     add("bn1", [] { return std::make_unique<BatchNorm2d>(64); }, true, false);
@@ -140,7 +145,7 @@ class ResNet50 : public Model {
       for (int64_t b = 0; b < blocks[layer]; ++b) {
         const int64_t stride = (layer > 0 && b == 0) ? 2 : 1;
         add("layer" + std::to_string(layer + 1) + "." + std::to_string(b),
-            [&] { return std::make_unique<Bottleneck>(in, planes, stride, rng); }, true, true);
+            [&] { return std::make_unique<Bottleneck>(in, planes, stride, init); }, true, true);
         in = planes * 4;
       }
     }
@@ -149,6 +154,7 @@ class ResNet50 : public Model {
     add("fc", [&] {
       // PyTorch's default Linear init: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
       auto fc = std::make_unique<Linear>(in, num_classes);
+      if (!init) return fc;
       const double bound = 1.0 / std::sqrt(double(in));
       std::uniform_real_distribution<double> dist(-bound, bound);
       for (int64_t i = 0; i < fc->weight.value.numel(); ++i)
@@ -163,8 +169,8 @@ class ResNet50 : public Model {
 }  // namespace
 
 std::unique_ptr<Model> make_resnet50(int64_t num_classes, uint64_t seed, const std::string& head,
-                                     bool names_only) {
-  return std::make_unique<ResNet50>(num_classes, seed, head, names_only);
+                                     bool names_only, bool random_init) {
+  return std::make_unique<ResNet50>(num_classes, seed, head, names_only, random_init);
 }
 
 }  // namespace isplit

@@ -8,7 +8,8 @@ namespace isplit {
 namespace {
 class Vgg16 : public Model {
  public:
-  Vgg16(int64_t num_classes, uint64_t seed, const std::string& head, bool names_only)
+  Vgg16(int64_t num_classes, uint64_t seed, const std::string& head, bool names_only,
+        bool random_init)
       : Model("vgg16", num_classes, head, names_only) {
     std::mt19937_64 rng(seed);
     const int cfg[] = {64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0};
@@ -22,7 +23,7 @@ class Vgg16 : public Model {
       }
       add(name(index++), [&] {
         auto conv = std::make_unique<Conv2d>(in, c, 3, 1, 1, true);
-        init_conv_kaiming(*conv, rng);
+        if (random_init) init_conv_kaiming(*conv, rng);
         return conv;
       }, true, false);
       add(name(index++), [] { return std::make_unique<ReLU>(); }, true, true);
@@ -34,7 +35,7 @@ class Vgg16 : public Model {
     for (int i = 0; i < 3; ++i) {
       add("classifier." + std::to_string(3 * i), [&] {
         auto fc = std::make_unique<Linear>(widths[i], widths[i + 1]);
-        init_linear_normal(*fc, 0.01, rng);
+        if (random_init) init_linear_normal(*fc, 0.01, rng);
         return fc;
       });
       if (i < 2) {
@@ -48,8 +49,8 @@ class Vgg16 : public Model {
 }  // namespace
 
 std::unique_ptr<Model> make_vgg16(int64_t num_classes, uint64_t seed, const std::string& head,
-                                  bool names_only) {
-  return std::make_unique<Vgg16>(num_classes, seed, head, names_only);
+                                  bool names_only, bool random_init) {
+  return std::make_unique<Vgg16>(num_classes, seed, head, names_only, random_init);
 }
 
 }  // namespace isplit

@@ -175,6 +175,47 @@ TEST_SUITE("models") {
     std::filesystem::remove_all(dir);
   }
 
+  TEST_CASE("a model built to be loaded draws no weights; loading sets every parameter") {
+    // Without random_init every convolution and linear weight stays zero...
+    for (const bool vgg : {false, true}) {
+      auto blank = vgg ? make_vgg16(10, 5, "", false, false) : make_resnet50(10, 5, "", false, false);
+      auto drawn = vgg ? make_vgg16(10, 5, "", false, true) : make_resnet50(10, 5, "", false, true);
+      auto bp = blank->named_parameters(), dp = drawn->named_parameters();
+      REQUIRE(bp.size() == dp.size());
+      int weights = 0;
+      for (size_t i = 0; i < bp.size(); ++i) {
+        const std::string& name = bp[i].first;
+        CHECK(name == dp[i].first);
+        const bool drawn_param = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 &&
+                                 dp[i].second->value.ndim() >= 2;  // conv and linear weights
+        const Tensor& t = bp[i].second->value;
+        const bool zero = std::all_of(t.data(), t.data() + t.numel(), [](float v) { return v == 0.0f; });
+        if (drawn_param) {
+          ++weights;
+          CHECK_MESSAGE(zero, name);
+          const Tensor& d = dp[i].second->value;
+          CHECK_MESSAGE(std::any_of(d.data(), d.data() + d.numel(), [](float v) { return v != 0.0f; }), name);
+        }
+      }
+      CHECK(weights == (vgg ? 16 : 54));
+    }
+    // ...and load_model, which builds that way, still ends with every parameter of the file.
+    const auto dir = std::filesystem::temp_directory_path() / ("isplit_models_blank_" + std::to_string(getpid()));
+    std::filesystem::create_directories(dir);
+    auto a = build_model("resnet50", 10, 12);
+    randomise_batchnorm(*a);
+    a->save((dir / "w.safetensors").string());
+    auto b = load_model("resnet50", (dir / "w.safetensors").string());
+    auto ap = a->named_parameters(), bq = b->named_parameters();
+    REQUIRE(ap.size() == bq.size());
+    for (size_t i = 0; i < ap.size(); ++i) {
+      const Tensor &x = ap[i].second->value, &y = bq[i].second->value;
+      REQUIRE(x.numel() == y.numel());
+      CHECK_MESSAGE(std::equal(x.data(), x.data() + x.numel(), y.data()), ap[i].first);
+    }
+    std::filesystem::remove_all(dir);
+  }
+
   TEST_CASE("folded BatchNorm gives the unfolded outputs") {
     auto m = build_model("resnet50", 10, 5);
     randomise_batchnorm(*m);

@@ -277,6 +277,47 @@ TEST_CASE("mixed dtypes, unaligned header and gaps are read") {
   CHECK(r.get("h")[0] == 2.0f);
 }
 
+TEST_CASE("read_into converts into a tensor's own storage and checks its shape") {
+  TempDir tmp;
+  std::string path = tmp.file("into.safetensors");
+  std::string header = R"({"f":{"dtype":"F32","shape":[2,1],"data_offsets":[0,8]},)"
+                       R"("h":{"dtype":"F16","shape":[1],"data_offsets":[8,10]}})";
+  std::vector<unsigned char> data(10, 0);
+  float v[2] = {1.5f, -0.25f};
+  std::memcpy(data.data(), v, 8);  // the test host is little-endian
+  data[9] = 0xC0;                   // F16 -2.0
+  write_raw(path, header, data);
+  SafetensorsReader r(path);
+  Tensor f = Tensor::full({2, 1}, 7.0f);
+  const float* storage = f.data();
+  r.read_into("f", f);
+  CHECK(f.data() == storage);  // written in place
+  CHECK(f[0] == 1.5f);
+  CHECK(f[1] == -0.25f);
+  Tensor h = Tensor::full({1}, 7.0f);
+  r.read_into("h", h);
+  CHECK(h[0] == -2.0f);
+  // Another shape (same element count), a missing name, a tensor without storage.
+  Tensor flat = Tensor::full({2}, 7.0f);
+  auto message = [&](const std::string& name, Tensor& t) {
+    try {
+      r.read_into(name, t);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const std::string wrong = message("f", flat);
+  CHECK(wrong.find(path) != std::string::npos);
+  CHECK(wrong.find("'f'") != std::string::npos);
+  CHECK(wrong.find("shape") != std::string::npos);
+  CHECK(flat[0] == 7.0f);  // untouched
+  CHECK(message("g", f).find("'g'") != std::string::npos);
+  Tensor released = Tensor::full({2, 1}, 7.0f);
+  released.release_storage();
+  CHECK(message("f", released).find("storage") != std::string::npos);
+}
+
 TEST_CASE("bad files are rejected with the path and the culprit named") {
   TempDir tmp;
   const std::string ok_entry = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
