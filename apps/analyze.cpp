@@ -209,7 +209,8 @@ int run_merge(const std::vector<std::string>& parts, const std::string& out) {
     throw Error(parts[0] + ": not a partial-sums file (no settings)");
   nlohmann::json settings = first["settings"];
   const std::string arch = settings.value("model", "");
-  auto model = build_model(arch, settings.value("num_classes", 1000));
+  // Only the model's stages and shapes matter here: no weights are drawn.
+  auto model = build_model(arch, settings.value("num_classes", 1000), 0, "", false);
   ImportanceAccumulator acc(*model,
                             options_of(settings.value("method", "gradcam"),
                                        settings.value("target", "predicted"),

@@ -90,7 +90,7 @@ int run_info(const Common& c, bool all, bool json, const std::string& cut, int b
       return 2;
     }
   }
-  auto model = build_model(c.model, classes);
+  auto model = build_model(c.model, classes, 0, "", false);  // sizes only: no weights drawn
   if (cut.empty()) memory = measure_cut_memory(*model, input);
   auto memory_of = [&](const std::string& name) -> const HeadMemory* {
     for (const HeadMemory& h : memory)

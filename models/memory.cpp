@@ -70,7 +70,7 @@ HeadMemory measure_head(const std::string& arch, int64_t num_classes, const std:
                         const Shape& input) {
   OneThread one;
   const size_t before = tensor_live_bytes();
-  auto head = build_model(arch, num_classes, 0, cut);
+  auto head = build_model(arch, num_classes, 0, cut, false);  // zero weights: only sizes count
   head->set_training(false);
   HeadMemory h;
   h.cut = cut;

@@ -240,14 +240,6 @@ std::unique_ptr<Model> make_model(const std::string& name, int64_t num_classes, 
   throw Error("unknown model '" + name + "' (expected vgg16 or resnet50)");
 }
 
-// build_model, with or without drawing the initial weights.
-std::unique_ptr<Model> build(const std::string& name, int64_t num_classes, uint64_t seed,
-                             const std::string& head, bool random_init) {
-  if (!head.empty()) make_model(name, 1, 0, head, true)->check_head_built();  // fail cheaply
-  auto m = make_model(name, num_classes, seed, head, false, random_init);
-  m->check_head_built();
-  return m;
-}
 }  // namespace
 
 std::vector<CutPoint> cut_point_names(const std::string& name, bool all) {
@@ -255,8 +247,11 @@ std::vector<CutPoint> cut_point_names(const std::string& name, bool all) {
 }
 
 std::unique_ptr<Model> build_model(const std::string& name, int64_t num_classes, uint64_t seed,
-                                   const std::string& head) {
-  return build(name, num_classes, seed, head, true);
+                                   const std::string& head, bool random_init) {
+  if (!head.empty()) make_model(name, 1, 0, head, true)->check_head_built();  // fail cheaply
+  auto m = make_model(name, num_classes, seed, head, false, random_init);
+  m->check_head_built();
+  return m;
 }
 
 std::unique_ptr<Model> load_model(const std::string& name, const std::string& weights_path,
@@ -278,7 +273,7 @@ std::unique_ptr<Model> load_model(const std::string& name, const std::string& we
       num_classes = info.shape[0];
     }
   }
-  auto model = build(name, num_classes, 0, head, false);  // load() sets every parameter
+  auto model = build_model(name, num_classes, 0, head, false);  // load() sets every parameter
   model->load(file);
   return model;
 }

@@ -153,9 +153,12 @@ class Model {
 std::vector<std::string> model_names();
 // Builds a model by name with torchvision's default initialisation from a seed. With a
 // head cut point, only the stages up to and including it are built (their weights get the
-// same initial values as in the whole network); the rest never takes memory.
+// same initial values as in the whole network); the rest never takes memory. random_init
+// false leaves every weight zero instead (a model that is only measured, or whose
+// parameters are all about to be set).
 std::unique_ptr<Model> build_model(const std::string& name, int64_t num_classes = 1000,
-                                   uint64_t seed = 0, const std::string& head = "");
+                                   uint64_t seed = 0, const std::string& head = "",
+                                   bool random_init = true);
 // Builds a model (or its head, see build_model) and loads weights; num_classes <= 0 takes
 // the width from the file. A head ignores the file's tensors of later stages. Every
 // parameter comes from the file (a missing one is an error), so none is drawn at random.
