@@ -1169,35 +1169,6 @@ Shape pool2d_out_shape(const Shape& x, const Pool2dSpec& s) {
 }
 
 namespace {
-// Outputs [0, count) of one row of KxK stride-2 max pooling with their argmax, every window
-// inside the plane: output j's window has its top-left at r[2 j], rows w apart, taken in
-// row-major order. The first maximum wins, and a NaN, the first one, wins over everything.
-// base is the flat index of r[0] in its plane.
-template <int K>
-void maxpool_s2_row(const float* r, int64_t w, int64_t count, int32_t base, float* y,
-                    int32_t* arg) {
-  for (int64_t j = 0; j < count; ++j) {
-    float v[K * K];
-    for (int a = 0; a < K; ++a)
-      for (int b = 0; b < K; ++b) v[a * K + b] = r[a * w + 2 * j + b];
-    float best = v[0];
-    int32_t at = 0;
-    for (int t = 1; t < K * K; ++t) {
-      const bool more = v[t] > best;
-      best = more ? v[t] : best;
-      at = more ? t : at;
-    }
-    // The first NaN instead, if any: selects from the last element to the first, so the
-    // first NaN is the one that stays (plain selects keep the loop free of branches).
-    for (int t = K * K - 1; t >= 0; --t) {
-      const bool nan = v[t] != v[t];
-      best = nan ? v[t] : best;
-      at = nan ? t : at;
-    }
-    y[j] = best;
-    arg[j] = base + static_cast<int32_t>(2 * j) + (at / K) * static_cast<int32_t>(w) + at % K;
-  }
-}
 }  // namespace
 
 Tensor maxpool2d_forward(const Tensor& x, const Pool2dSpec& s, std::vector<int32_t>* argmax) {
@@ -1215,8 +1186,9 @@ Tensor maxpool2d_forward(const Tensor& x, const Pool2dSpec& s, std::vector<int32
   }
   argmax->resize(static_cast<size_t>(y.numel()));
   // 2x2 (VGG16) and 3x3 (ResNet-50) windows of stride 2: the windows that lie inside the
-  // plane go through a loop over output columns that the compiler vectorises (the same
-  // first maximum and first NaN as the general loop below, which takes the rest).
+  // plane go through the ISA's row kernel (the same first maximum and first NaN as the
+  // general loop below, which takes the rest).
+  const EltwiseKernels& k = eltwise();
   const int kwin = s.kh == s.kw && s.stride_h == 2 && s.stride_w == 2 &&
                            (s.kh == 2 || s.kh == 3) ? static_cast<int>(s.kh) : 0;
   // Outputs whose windows start at or after 0 and end inside: [lo, hi) along each axis.
@@ -1238,12 +1210,8 @@ Tensor maxpool2d_forward(const Tensor& x, const Pool2dSpec& s, std::vector<int32
         const bool fast = oy >= ylo && oy < yhi && xhi > xlo;
         if (fast) {
           const int64_t at = (2 * oy - s.pad_h) * w + 2 * xlo - s.pad_w;
-          if (kwin == 2)
-            maxpool_s2_row<2>(xp + at, w, xhi - xlo, static_cast<int32_t>(at), yp + oy * ow + xlo,
-                              ap + oy * ow + xlo);
-          else
-            maxpool_s2_row<3>(xp + at, w, xhi - xlo, static_cast<int32_t>(at), yp + oy * ow + xlo,
-                              ap + oy * ow + xlo);
+          k.maxpool_s2_argmax_row(xp + at, w, xhi - xlo, static_cast<int32_t>(at), yp + oy * ow + xlo,
+                                  ap + oy * ow + xlo, kwin);
         }
         const int64_t y0 = oy * s.stride_h - s.pad_h;
         const int64_t ya = std::max<int64_t>(y0, 0), yb = std::min(y0 + s.kh, h);

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -161,6 +162,63 @@ TEST_SUITE("eltwise") {
       });
       CHECK(checked > 300);
     }
+  }
+
+  TEST_CASE("stride-2 max pooling rows with argmax equal the scalar reference bit for bit") {
+    // Few distinct levels make ties common (the first maximum must win); NaNs with
+    // different payloads check that the first NaN, itself, comes out.
+    auto input = [](int64_t n, uint64_t seed) {
+      std::vector<float> v = awkward(n, seed);
+      std::mt19937_64 rng(seed ^ 0x5bd1e995u);
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (rng() % 3 == 0) v[i] = static_cast<float>(static_cast<int>(rng() % 4) - 1);
+        if (std::isnan(v[i])) {
+          const uint32_t bits = 0x7fc00000u | static_cast<uint32_t>(rng() % 4096);
+          std::memcpy(&v[i], &bits, sizeof bits);
+        }
+      }
+      return v;
+    };
+    int checked = 0;
+    for (Isa isa : vector_isas()) {
+      const EltwiseKernels& k = eltwise_kernels(isa);
+      for (int win : {2, 3})
+        for (int64_t count : {1, 2, 7, 8, 9, 15, 16, 17, 28, 55}) {
+          const int64_t w = 2 * count + win + 3;  // room on the right: only windows are read
+          for (int rows_below : {0, 2}) {
+            const int64_t h = win + rows_below;
+            const std::vector<float> x = input(h * w, static_cast<uint64_t>(count * 7 + win));
+            const int64_t first = 1;  // windows start at column 1
+            std::vector<float> want(static_cast<size_t>(count)), got(want.size(), 5.0f);
+            std::vector<int32_t> want_at(want.size()), got_at(want.size(), -1);
+            kEltwiseScalar.maxpool_s2_argmax_row(x.data() + first, w, count, 1, want.data(),
+                                                 want_at.data(), win);
+            k.maxpool_s2_argmax_row(x.data() + first, w, count, 1, got.data(), got_at.data(), win);
+            CAPTURE(win);
+            CAPTURE(count);
+            CHECK(same_bits(want, got));
+            CHECK(want_at == got_at);
+            ++checked;
+          }
+        }
+    }
+    // The scalar reference against the rule itself: first maximum, or first NaN.
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const std::vector<float> x = {1.0f, 3.0f, 3.0f, 0.0f,  //
+                                  3.0f, 2.0f, nan,  4.0f,  //
+                                  nan,  3.0f, 1.0f, 1.0f};
+    float y[1];
+    int32_t at[1];
+    kEltwiseScalar.maxpool_s2_argmax_row(x.data(), 4, 1, 100, y, at, 2);  // 1 3 / 3 2
+    CHECK(y[0] == 3.0f);
+    CHECK(at[0] == 101);  // the first 3
+    kEltwiseScalar.maxpool_s2_argmax_row(x.data() + 1, 4, 1, 1, y, at, 3);  // 3 3 0 / 2 nan 4 / 3 1 1
+    CHECK(std::isnan(y[0]));
+    CHECK(at[0] == 6);
+    kEltwiseScalar.maxpool_s2_argmax_row(x.data(), 4, 1, 0, y, at, 3);  // 1 3 3 / 3 2 nan / nan 3 1
+    CHECK(std::isnan(y[0]));
+    CHECK(at[0] == 6);  // the first NaN in row-major order, not the one at 8
+    if (!vector_isas().empty()) CHECK(checked >= 40);
   }
 
   TEST_CASE("the scalar max pool equals the window-by-window maximum") {

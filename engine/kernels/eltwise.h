@@ -32,6 +32,13 @@ struct EltwiseKernels {
   void (*normalize)(const float* x, float mean, float scale, float shift, float* y, int64_t n);
   // Max pooling of one plane (no argmax: inference).
   void (*maxpool_plane)(const float* x, const PoolPlane& p, float* y);
+  // Outputs [0, count) of one row of k x k (k = 2 or 3) stride-2 max pooling and their
+  // argmax, every window inside the plane: output j's window has its top-left at r[2 j],
+  // rows w apart, taken in row-major order; the first maximum wins, and the first NaN wins
+  // over everything. arg[j] is the flat index of the winner in its plane, base being that
+  // of r[0]. Every table gives the same bits.
+  void (*maxpool_s2_argmax_row)(const float* r, int64_t w, int64_t count, int32_t base, float* y,
+                                int32_t* arg, int k);
   // BatchNorm input gradient, training mode, in double precision per element:
   // gx[i] += float(scale * (gy[i] - mg - ((x[i] - mean) * istd) * mgx)).
   void (*bn_grad_train)(const float* gy, const float* x, float* gx, int64_t n, double mean,
@@ -51,6 +58,9 @@ float* pool_scratch(int64_t n);
 
 // The scalar maximum of one output position's window (the NEON kernel's edges use it).
 float maxpool_window(const float* x, const PoolPlane& p, int64_t oy, int64_t ox);
+// The scalar table's maxpool_s2_argmax_row (also the NEON table's).
+void maxpool_s2_argmax_row_ref(const float* r, int64_t w, int64_t count, int32_t base, float* y,
+                               int32_t* arg, int k);
 
 // Tables behind eltwise_kernels().
 extern const EltwiseKernels kEltwiseScalar;

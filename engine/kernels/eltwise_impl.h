@@ -183,6 +183,96 @@ void maxpool_plane_s2(const float* x, const PoolPlane& p, float* y) {
 }
 #endif
 
+// One k x k stride-2 window at r (rows w apart) and its winner's offset from r: the first
+// maximum in row-major order, or the first NaN (see maxpool_s2_argmax_row in eltwise.h).
+template <int K>
+inline void argmax_window(const float* r, int64_t w, float* y, int32_t* at) {
+  float best = r[0];
+  int32_t off = 0;
+  for (int a = 0; a < K; ++a)
+    for (int b = 0; b < K; ++b) {
+      const float v = r[a * w + b];
+      // A larger value, or the first NaN (best is NaN once one was taken).
+      const bool take = v > best || (v != v && best == best);
+      best = take ? v : best;
+      off = take ? static_cast<int32_t>(a * w + b) : off;
+    }
+  *y = best;
+  *at = off;
+}
+
+#if defined(__AVX2__)
+// argmax_window for eight neighbouring outputs of a row at once: each window element
+// (a, b) in row-major order is compared across the eight windows (their columns b split
+// out of the rows by shuffles as in maxpool_plane_s2), with the same rule, so the values
+// and indices are those of argmax_window bit for bit (NaN payloads included: the winner
+// itself is stored). Reads columns 2j..2j+2K+11 of each row, all inside the windows.
+template <int K>
+inline void argmax_group8(const float* r, int64_t w, float* y, int32_t* at) {
+  __m256 best = _mm256_setzero_ps();
+  __m256i off = _mm256_setzero_si256();
+  for (int a = 0; a < K; ++a) {
+    const float* row = r + a * w;
+    const __m256 lo = _mm256_loadu_ps(row), hi = _mm256_loadu_ps(row + 8);
+    __m256 v[K];
+    v[0] = pick_pairs<_MM_SHUFFLE(2, 0, 2, 0)>(lo, hi);  // columns 2j
+    v[1] = pick_pairs<_MM_SHUFFLE(3, 1, 3, 1)>(lo, hi);  // 2j + 1
+    if constexpr (K == 3)  // 2j + 2: the even ones of row[2..9], the odd ones of row[9..16]
+      v[K - 1] = pick_pairs<_MM_SHUFFLE(3, 1, 2, 0)>(_mm256_loadu_ps(row + 2), _mm256_loadu_ps(row + 9));
+    for (int b = 0; b < K; ++b) {
+      const __m256i o = _mm256_set1_epi32(static_cast<int32_t>(a * w + b));
+      if (a == 0 && b == 0) {
+        best = v[0];
+        continue;
+      }
+      const __m256 more = _mm256_cmp_ps(v[b], best, _CMP_GT_OQ);
+      const __m256 first_nan = _mm256_andnot_ps(_mm256_cmp_ps(best, best, _CMP_UNORD_Q),
+                                                _mm256_cmp_ps(v[b], v[b], _CMP_UNORD_Q));
+      const __m256 take = _mm256_or_ps(more, first_nan);
+      best = _mm256_blendv_ps(best, v[b], take);
+      off = _mm256_blendv_epi8(off, o, _mm256_castps_si256(take));
+    }
+  }
+  _mm256_storeu_ps(y, best);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(at), off);
+}
+#endif
+
+template <int K>
+void maxpool_s2_argmax_row_k(const float* r, int64_t w, int64_t count, int32_t base, float* y,
+                             int32_t* arg) {
+  int64_t j = 0;
+#if defined(__AVX2__)
+  if (count >= 8) {
+    const __m256i lane2 = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+    auto group = [&](int64_t g) {
+      argmax_group8<K>(r + 2 * g, w, y + g, arg + g);
+      const __m256i at = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(arg + g));
+      const __m256i idx = _mm256_add_epi32(_mm256_add_epi32(at, lane2),
+                                           _mm256_set1_epi32(base + static_cast<int32_t>(2 * g)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(arg + g), idx);
+    };
+    for (; j + 8 <= count; j += 8) group(j);
+    // The last few outputs: one more group that overlaps the one before (same results).
+    if (j < count) group(count - 8);
+    return;
+  }
+#endif
+  for (; j < count; ++j) {
+    int32_t at = 0;
+    argmax_window<K>(r + 2 * j, w, y + j, &at);
+    arg[j] = base + static_cast<int32_t>(2 * j) + at;
+  }
+}
+
+void maxpool_s2_argmax_row(const float* r, int64_t w, int64_t count, int32_t base, float* y,
+                           int32_t* arg, int k) {
+  if (k == 2)
+    maxpool_s2_argmax_row_k<2>(r, w, count, base, y, arg);
+  else
+    maxpool_s2_argmax_row_k<3>(r, w, count, base, y, arg);
+}
+
 // Separable: for each output row, the maximum of every input column over the window's
 // rows (a contiguous pass that vectorises), then each output's maximum over its columns.
 // The same values as maxpool_window per output (the maximum of the same set, NaN when any
@@ -214,8 +304,9 @@ void maxpool_plane(const float* x, const PoolPlane& p, float* y) {
 }
 // The table of the kernels above.
 constexpr EltwiseKernels eltwise_table() {
-  return EltwiseKernels{relu,      relu_backward, add,           add_into,
-                        normalize, maxpool_plane, bn_grad_train, bn_grad_eval};
+  return EltwiseKernels{relu,          relu_backward, add,
+                        add_into,      normalize,     maxpool_plane,
+                        maxpool_s2_argmax_row, bn_grad_train, bn_grad_eval};
 }
 
 }  // namespace

@@ -132,7 +132,8 @@ void bn_grad_eval(const float* gy, float* gx, int64_t n, double scale) {
 
 }  // namespace
 
-const EltwiseKernels kEltwiseNeon = {relu,      relu_backward, add,          add_into,
-                                     normalize, maxpool_plane, bn_grad_train, bn_grad_eval};
+const EltwiseKernels kEltwiseNeon = {relu,          relu_backward, add,
+                                     add_into,      normalize,     maxpool_plane,
+                                     maxpool_s2_argmax_row_ref, bn_grad_train, bn_grad_eval};
 
 }  // namespace isplit

@@ -33,6 +33,11 @@ float maxpool_window(const float* x, const PoolPlane& p, int64_t oy, int64_t ox)
 
 const EltwiseKernels kEltwiseScalar = eltwise_table();
 
+void maxpool_s2_argmax_row_ref(const float* r, int64_t w, int64_t count, int32_t base, float* y,
+                               int32_t* arg, int k) {
+  maxpool_s2_argmax_row(r, w, count, base, y, arg, k);
+}
+
 const EltwiseKernels& eltwise_kernels(Isa isa) {
 #if defined(ISPLIT_HAVE_NEON_KERNELS)
   if (isa == Isa::Neon) return kEltwiseNeon;
