@@ -303,7 +303,7 @@ bool run_training(const TrainConfig& c, const TrainHooks& hooks) {
   int64_t classes = c.num_classes;
   if (classes <= 0 && !c.init_weights.empty()) {
     SafetensorsReader file(c.init_weights);
-    auto probe = build_model(c.model, 2);
+    auto probe = build_model(c.model, 2, 0, "", false);  // names only: no weights drawn
     NamedParams ps = probe->named_parameters();
     for (auto it = ps.rbegin(); it != ps.rend(); ++it)
       if (!it->second->is_buffer) {
