@@ -206,7 +206,8 @@ inline void argmax_window(const float* r, int64_t w, float* y, int32_t* at) {
 // (a, b) in row-major order is compared across the eight windows (their columns b split
 // out of the rows by shuffles as in maxpool_plane_s2), with the same rule, so the values
 // and indices are those of argmax_window bit for bit (NaN payloads included: the winner
-// itself is stored). Reads columns 2j..2j+2K+11 of each row, all inside the windows.
+// itself is stored). Reads columns 2j to 2j+15 of each row (2j+16 when K = 3): the eighth
+// window's right end, so nothing outside the windows.
 template <int K>
 inline void argmax_group8(const float* r, int64_t w, float* y, int32_t* at) {
   __m256 best = _mm256_setzero_ps();
@@ -220,11 +221,11 @@ inline void argmax_group8(const float* r, int64_t w, float* y, int32_t* at) {
     if constexpr (K == 3)  // 2j + 2: the even ones of row[2..9], the odd ones of row[9..16]
       v[K - 1] = pick_pairs<_MM_SHUFFLE(3, 1, 2, 0)>(_mm256_loadu_ps(row + 2), _mm256_loadu_ps(row + 9));
     for (int b = 0; b < K; ++b) {
-      const __m256i o = _mm256_set1_epi32(static_cast<int32_t>(a * w + b));
       if (a == 0 && b == 0) {
         best = v[0];
         continue;
       }
+      const __m256i o = _mm256_set1_epi32(static_cast<int32_t>(a * w + b));
       const __m256 more = _mm256_cmp_ps(v[b], best, _CMP_GT_OQ);
       const __m256 first_nan = _mm256_andnot_ps(_mm256_cmp_ps(best, best, _CMP_UNORD_Q),
                                                 _mm256_cmp_ps(v[b], v[b], _CMP_UNORD_Q));
@@ -238,6 +239,7 @@ inline void argmax_group8(const float* r, int64_t w, float* y, int32_t* at) {
 }
 #endif
 
+// maxpool_s2_argmax_row for K x K windows: eight outputs at a time in the AVX2 build.
 template <int K>
 void maxpool_s2_argmax_row_k(const float* r, int64_t w, int64_t count, int32_t base, float* y,
                              int32_t* arg) {
