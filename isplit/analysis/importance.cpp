@@ -86,24 +86,48 @@ void ImportanceAccumulator::add_batch(const Tensor& images, const std::vector<in
   }
   tape.backward(logits, seed);
 
-  std::vector<double> sums(static_cast<size_t>(b) * names_.size());
-  for (size_t p = 0; p < names_.size(); ++p) {
+  const size_t points = names_.size();
+  std::vector<Tensor> acts(points), grads(points);
+  for (size_t p = 0; p < points; ++p) {
     const Var& a = outs.at(names_[p]);
     const auto pre = pres.find(names_[p]);
-    const Tensor g = tape.grad(pre != pres.end() ? pre->second : a);
-    const int64_t c = a.value.dim(1), hw = a.value.dim(2) * a.value.dim(3);
-    // One image per task; each image's total is formed in a fixed order.
-    parallel_for(b, [&](int64_t i0, int64_t i1) {
-      std::vector<double> map(static_cast<size_t>(hw)), scratch;
-      for (int64_t i = i0; i < i1; ++i) {
-        cam_map(options_.method, a.value.data() + i * c * hw, g.data() + i * c * hw, c, hw,
+    acts[p] = a.value;
+    grads[p] = tape.grad(pre != pres.end() ? pre->second : a);
+  }
+  // One task per (image, cut point), each total formed in a fixed order, so where a task
+  // runs never changes a result. The tasks are dealt to one bin per thread, dearest first,
+  // each to the bin with the least work so far: the cut points' sizes differ by 8x or more,
+  // and at batch 1 there is no other way to keep both cores busy.
+  const int64_t tasks = b * static_cast<int64_t>(points);
+  auto cost = [&](int64_t t) { return acts[static_cast<size_t>(t) % points].numel() / b; };
+  std::vector<int64_t> by_cost(static_cast<size_t>(tasks));
+  for (int64_t t = 0; t < tasks; ++t) by_cost[static_cast<size_t>(t)] = t;
+  std::stable_sort(by_cost.begin(), by_cost.end(), [&](int64_t x, int64_t y) { return cost(x) > cost(y); });
+  const int64_t nbins = std::max<int64_t>(1, std::min<int64_t>(num_threads(), tasks));
+  std::vector<std::vector<int64_t>> bins(static_cast<size_t>(nbins));
+  std::vector<int64_t> load(static_cast<size_t>(nbins), 0);
+  for (int64_t t : by_cost) {
+    const size_t least = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    bins[least].push_back(t);
+    load[least] += cost(t);
+  }
+  std::vector<double> sums(static_cast<size_t>(tasks));
+  parallel_for(nbins, [&](int64_t b0, int64_t b1) {
+    std::vector<double> map, scratch;
+    for (int64_t bin = b0; bin < b1; ++bin)
+      for (int64_t t : bins[static_cast<size_t>(bin)]) {
+        const int64_t i = t / static_cast<int64_t>(points);
+        const size_t p = static_cast<size_t>(t) % points;
+        const Tensor& a = acts[p];
+        const int64_t c = a.dim(1), hw = a.dim(2) * a.dim(3);
+        map.resize(static_cast<size_t>(hw));
+        cam_map(options_.method, a.data() + i * c * hw, grads[p].data() + i * c * hw, c, hw,
                 map.data(), scratch);
         double s = 0.0;
         for (int64_t k = 0; k < hw; ++k) s += map[k];
-        sums[i * names_.size() + p] = s;
+        sums[static_cast<size_t>(t)] = s;  // t = i * points + p
       }
-    });
-  }
+  });
   for (int64_t i = 0; i < b; ++i) {
     auto& cls = by_class_[labels[i]];
     cls.resize(names_.size());
