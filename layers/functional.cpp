@@ -1168,9 +1168,6 @@ Shape pool2d_out_shape(const Shape& x, const Pool2dSpec& s) {
           pool_out(x[3], s.kw, s.stride_w, s.pad_w, s.ceil_mode)};
 }
 
-namespace {
-}  // namespace
-
 Tensor maxpool2d_forward(const Tensor& x, const Pool2dSpec& s, std::vector<int32_t>* argmax) {
   const Shape os = pool2d_out_shape(x.shape(), s);
   Tensor y = Tensor::empty(os);

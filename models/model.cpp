@@ -239,7 +239,6 @@ std::unique_ptr<Model> make_model(const std::string& name, int64_t num_classes, 
   if (name == "resnet50") return make_resnet50(num_classes, seed, head, names_only, random_init);
   throw Error("unknown model '" + name + "' (expected vgg16 or resnet50)");
 }
-
 }  // namespace
 
 std::vector<CutPoint> cut_point_names(const std::string& name, bool all) {
