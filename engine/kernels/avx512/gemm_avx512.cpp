@@ -210,10 +210,17 @@ __attribute__((always_inline)) inline void store_transposed(const __m512 (&acc)[
 // TC the tile is written transposed (element (i, j) at c[j * ldc + i]) after a 16x16
 // in-register transpose; the weights are then in bp, else in ap, and the kernel prefetches
 // them ahead (kAheadTiles, kAheadPanels).
+//
+// A TC call given `next` (the weights a later call reads first) prefetches next_bytes of
+// them instead, spread evenly over its k steps, so that a tile's weights arrive while the
+// panels of the tile before are computed rather than all during its first panel.
 template <int R, int NV, bool PF, bool TC>
 void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restrict bp, int64_t ldbp,
                   float* c, int64_t ldc, __mmask16 last, int mode, float beta,
-                  const TileEpilogue* ep) {
+                  const TileEpilogue* ep, const char* next, int64_t next_bytes) {
+  // Offsets into next in 1/256 bytes: two prefetches per k step, half a step apart.
+  const int64_t half_step = TC && next ? (next_bytes << 8) / (2 * kc) : 0;
+  int64_t next_at = 0;
   const float* res = ep ? ep->residual : nullptr;  // the residual, laid out like C
   auto res_at = [res](int64_t at) { return res ? res + at : nullptr; };
   // Loops over i and v are unrolled explicitly: GCC -O3 otherwise peels them before
@@ -232,7 +239,11 @@ void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restric
       _mm_prefetch(reinterpret_cast<const char*>(bp + kNR), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(bp + 2 * kNR - 1), _MM_HINT_T0);
     }
-    if (TC) {
+    if (TC && next) {
+      _mm_prefetch(next + (next_at >> 8), _MM_HINT_T0);
+      _mm_prefetch(next + ((next_at + half_step) >> 8), _MM_HINT_T0);
+      next_at += 2 * half_step;
+    } else if (TC) {
       _mm_prefetch(reinterpret_cast<const char*>(bp + kAheadTiles * ldbp), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(bp + kAheadTiles * ldbp + 16), _MM_HINT_T0);
     } else {
@@ -263,7 +274,7 @@ void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restric
 }
 
 using MicroKernel = void (*)(int64_t, const float*, const float*, int64_t, float*, int64_t,
-                             __mmask16, int, float, const TileEpilogue*);
+                             __mmask16, int, float, const TileEpilogue*, const char*, int64_t);
 
 // Table of micro-kernels indexed by [rows - 1][vectors - 1][prefetch][transposed C].
 template <int... Rs>
@@ -403,7 +414,16 @@ struct Avx512Kern {
                      const TileEpilogue* ep) {
     const int nv = cols > 16 ? 2 : 1;
     kKernels.k[rows - 1][nv - 1][prefetch ? 1 : 0][tc ? 1 : 0](
-        kc, ap, bp, ldbp, c, ldc, lane_mask(cols - 16 * (nv - 1)), mode, beta, ep);
+        kc, ap, bp, ldbp, c, ldc, lane_mask(cols - 16 * (nv - 1)), mode, beta, ep, nullptr, 0);
+  }
+  // kernel() with tc, prefetching next_bytes from next over its k steps instead of its own
+  // weights ahead (see micro_kernel).
+  static void tc_kernel(int rows, int cols, int64_t kc, const float* ap, const float* bp,
+                        float* c, int64_t ldc, int mode, float beta, const TileEpilogue* ep,
+                        const char* next, int64_t next_bytes) {
+    const int nv = cols > 16 ? 2 : 1;
+    kKernels.k[rows - 1][nv - 1][0][1](kc, ap, bp, kNR, c, ldc, lane_mask(cols - 16 * (nv - 1)),
+                                       mode, beta, ep, next, next_bytes);
   }
   static constexpr int64_t CONV_R = kConvR;
   // A direct convolution tile of `pixels` outputs (stride 1 or 2) by `cols` channels.
