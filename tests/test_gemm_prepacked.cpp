@@ -155,6 +155,10 @@ TEST_SUITE("gemm_prepacked") {
         // ResNet-50's layer4 3x3 at 64x64 (18 k blocks, 4 columns).
         {false, false, 100, 5, 1100, 1.0f, true, true, 0, true},
         {false, false, 512, 4, 4608, 0.0f, true, true, 0},
+        // Lanes along M with three panels or more, where each panel prefetches the next
+        // tile's weights: the next tile in the group, in the next k block, and (M past 512
+        // rows, several tile groups) in the next group; a ragged last tile.
+        {false, false, 1100, 40, 600, 0.0f, true, true, 0, true},
     };
     int failures = 0;
     for (Isa isa : supported_isas())

@@ -230,10 +230,17 @@ constexpr int64_t kAheadTiles = 32;   // lanes along M (TC): 16 floats per k ste
 // With TC the tile is written transposed (element (i, j) at c[j * ldc + i]) after an 8x8
 // in-register transpose; the weights are then in bp, else in ap, and the kernel prefetches
 // them ahead (kAheadTiles, kAheadPanels).
+//
+// A TC call given `next` (the weights a later call reads first) prefetches next_bytes of
+// them instead, spread evenly over its k steps, so that a tile's weights arrive while the
+// panels of the tile before are computed rather than all during its first panel.
 template <int R, int NV, bool PF, bool TC>
 void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restrict bp, int64_t ldbp,
                   float* c, int64_t ldc, int last_cols, int mode, float beta,
-                  const TileEpilogue* ep) {
+                  const TileEpilogue* ep, const char* next, int64_t next_bytes) {
+  // Offsets into next in 1/256 bytes: one prefetch per k step.
+  const int64_t step = TC && next ? (next_bytes << 8) / kc : 0;
+  int64_t next_at = 0;
   const float* res = ep ? ep->residual : nullptr;  // the residual, laid out like C
   auto res_at = [res](int64_t at) { return res ? res + at : nullptr; };
   // Loops over i and v are unrolled explicitly: GCC -O3 otherwise peels them before
@@ -249,7 +256,10 @@ void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restric
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) b[v] = _mm256_loadu_ps(bp + 8 * v);
     if (PF) _mm_prefetch(reinterpret_cast<const char*>(bp + kNR), _MM_HINT_T0);
-    if (TC)
+    if (TC && next) {
+      _mm_prefetch(next + (next_at >> 8), _MM_HINT_T0);
+      next_at += step;
+    } else if (TC)
       _mm_prefetch(reinterpret_cast<const char*>(bp + kAheadTiles * ldbp), _MM_HINT_T0);
     else
       _mm_prefetch(reinterpret_cast<const char*>(ap + kAheadPanels * kMR), _MM_HINT_T0);
@@ -297,7 +307,7 @@ void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restric
 }
 
 using MicroKernel = void (*)(int64_t, const float*, const float*, int64_t, float*, int64_t, int,
-                             int, float, const TileEpilogue*);
+                             int, float, const TileEpilogue*, const char*, int64_t);
 
 // R x 16 tile of gemm_prepacked_single_rows over one k block (the whole K), every column
 // inside B's rows: row p of B is the 16 floats at b + off[p], read where they are instead
@@ -377,7 +387,16 @@ struct Avx2Kern {
                      const TileEpilogue* ep) {
     const int nv = cols > 8 ? 2 : 1;
     kKernels.k[rows - 1][nv - 1][prefetch ? 1 : 0][tc ? 1 : 0](
-        kc, ap, bp, ldbp, c, ldc, cols - 8 * (nv - 1), mode, beta, ep);
+        kc, ap, bp, ldbp, c, ldc, cols - 8 * (nv - 1), mode, beta, ep, nullptr, 0);
+  }
+  // kernel() with tc, prefetching next_bytes from next over its k steps instead of its own
+  // weights ahead (see micro_kernel).
+  static void tc_kernel(int rows, int cols, int64_t kc, const float* ap, const float* bp,
+                        float* c, int64_t ldc, int mode, float beta, const TileEpilogue* ep,
+                        const char* next, int64_t next_bytes) {
+    const int nv = cols > 8 ? 2 : 1;
+    kKernels.k[rows - 1][nv - 1][0][1](kc, ap, bp, kNR, c, ldc, cols - 8 * (nv - 1), mode, beta,
+                                       ep, next, next_bytes);
   }
   // Unpacked B rows are read in place unless the row stride aliases in L1 (multiple of 4 KiB).
   static bool direct_b_ok(int64_t ldb) { return (ldb * 4) % 4096 != 0; }
