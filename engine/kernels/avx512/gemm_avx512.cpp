@@ -173,11 +173,15 @@ inline void store_vec(float* dst, __m512 acc, __mmask16 mask, int mode, __m512 b
   _mm512_mask_storeu_ps(dst, mask, v);
 }
 
-// How far ahead, in k steps, a micro-kernel prefetches the operand that holds the weights:
-// about 4 KB. On a Zen 5 EPYC (docs/benchmarks.md) twice the AVX2 kernels' 2 KB made the
-// 64x64 ResNet-50 pass 2.4 % faster (layer3 5 %, layer4 2 %); four times gained nothing more.
+// How far ahead, in k steps, a micro-kernel prefetches the operand that holds the weights.
+// On a Zen 5 EPYC (docs/benchmarks.md) 4 KB for both, twice the AVX2 kernels' 2 KB, made the
+// 64x64 ResNet-50 pass 2.4 % faster (layer3 5 %, layer4 2 %); 8 KB then gained nothing more.
+// Once the transposed tiles with three panels or more prefetched the next tile instead
+// (run_prepacked_tiles), 8 KB for the tiles made layer4 at 64x64 (one panel, 4 columns: a
+// pure weight stream) 0.946 of the time (13 of 16 pairs); 16 KB was no better, and 224x224
+// was even.
 constexpr int64_t kAheadPanels = 96;  // A panels: 12 floats (48 B) per k step
-constexpr int64_t kAheadTiles = 32;   // lanes along M (TC): 32 floats, two lines, per k step
+constexpr int64_t kAheadTiles = 64;   // lanes along M (TC): 32 floats, two lines, per k step
 
 // Stores an R x (16*NV) accumulator tile transposed (acc[i][v] lane j is C element (16v +
 // j, i), at c[(16v + j) * ldc + i]) after a 16x16 in-register transpose, combined with C
