@@ -218,7 +218,20 @@ void apply_epilogue(const GemmEpilogue& e, int64_t m, int64_t n, float* c, int64
 
 void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const float* b,
                         int64_t ldb, float beta, float* c, int64_t ldc,
-                        const GemmEpilogue& epilogue, bool threaded, bool b_packed) {
+                        const GemmEpilogue& epilogue, bool threaded, bool b_packed,
+                        const std::function<void(float*)>* prepare) {
+  if (prepare) {
+    // Unthreaded, or without the packed kernels: B made once, here.
+    const bool split =
+        threaded && num_threads() > 1 && prepack_kernels(active_isa()) && active_isa() == a.isa_;
+    if (!split) {
+      Tensor own = Tensor::empty({a.k_ * ldb});
+      (*prepare)(own.data());
+      run_prepacked_gemm(a, trans_b, n, own.data(), ldb, beta, c, ldc, epilogue, threaded,
+                         b_packed, nullptr);
+      return;
+    }
+  }
   const int64_t m = a.m_, k = a.k_;
   if (m <= 0 || n <= 0) return;
   const Isa isa = active_isa();
@@ -255,6 +268,12 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
                    epilogue, b_packed};
   const int threads = threaded ? num_threads() : 1;
   if (threads <= 1 || 2.0 * m * n * k < 2e5) {
+    Tensor own;
+    if (prepare) {
+      own = Tensor::empty({k * ldb});
+      (*prepare)(own.data());
+      job.b = own.data();
+    }
     kern->run(job);
     return;
   }
@@ -271,6 +290,13 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
     const int64_t s0 = std::min(len, ub * unit), s1 = std::min(len, ue * unit);
     if (s0 >= s1) return;
     PrepackedJob part = job;
+    if (prepare) {
+      // This thread's own B, made in its own cache and read from there.
+      thread_local Tensor own;
+      if (own.numel() < k * ldb) own = Tensor::empty({k * ldb});
+      (*prepare)(own.data());
+      part.b = own.data();
+    }
     if (split_cols) {
       part.n0 = s0;
       part.n1 = s1;
@@ -284,13 +310,20 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
 
 void gemm_prepacked(const PackedMatrix& a, bool trans_b, int64_t n, const float* b, int64_t ldb,
                     float beta, float* c, int64_t ldc, const GemmEpilogue& epilogue) {
-  run_prepacked_gemm(a, trans_b, n, b, ldb, beta, c, ldc, epilogue, true, false);
+  run_prepacked_gemm(a, trans_b, n, b, ldb, beta, c, ldc, epilogue, true, false, nullptr);
+}
+
+void gemm_prepacked_own_b(const PackedMatrix& a, int64_t n, int64_t ldb,
+                          const std::function<void(float*)>& make_b, float* c, int64_t ldc,
+                          const GemmEpilogue& epilogue) {
+  if (ldb < n) throw Error("gemm_prepacked_own_b: B's row stride is less than its width");
+  run_prepacked_gemm(a, false, n, nullptr, ldb, 0.0f, c, ldc, epilogue, true, false, &make_b);
 }
 
 void gemm_prepacked_single(const PackedMatrix& a, bool trans_b, int64_t n, const float* b,
                            int64_t ldb, float beta, float* c, int64_t ldc,
                            const GemmEpilogue& epilogue) {
-  run_prepacked_gemm(a, trans_b, n, b, ldb, beta, c, ldc, epilogue, false, false);
+  run_prepacked_gemm(a, trans_b, n, b, ldb, beta, c, ldc, epilogue, false, false, nullptr);
 }
 
 int64_t conv_direct_unit() {
@@ -338,7 +371,7 @@ PackedBLayout packed_b_layout(int64_t k, int64_t n) {
 
 void gemm_prepacked_single_packed_b(const PackedMatrix& a, int64_t n, const float* b, int64_t ldb,
                                     float beta, float* c, int64_t ldc) {
-  run_prepacked_gemm(a, false, n, b, ldb, beta, c, ldc, GemmEpilogue{}, false, true);
+  run_prepacked_gemm(a, false, n, b, ldb, beta, c, ldc, GemmEpilogue{}, false, true, nullptr);
 }
 
 }  // namespace isplit

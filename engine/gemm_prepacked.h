@@ -5,6 +5,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 
@@ -95,7 +96,8 @@ class PackedMatrix {
 
  private:
   friend void run_prepacked_gemm(const PackedMatrix&, bool, int64_t, const float*, int64_t, float,
-                                 float*, int64_t, const GemmEpilogue&, bool, bool);
+                                 float*, int64_t, const GemmEpilogue&, bool, bool,
+                                 const std::function<void(float*)>*);
   friend bool gemm_prepacked_single_rows(const PackedMatrix&, int64_t, const float*,
                                          const int64_t*, float*, int64_t, const GemmEpilogue&);
   friend bool conv_prepacked_direct(const PackedMatrix&, const float*, const int64_t*, int64_t,
@@ -126,6 +128,15 @@ class PackedMatrix {
 // by the epilogue, whatever the thread count.
 void gemm_prepacked(const PackedMatrix& a, bool trans_b, int64_t n, const float* b, int64_t ldb,
                     float beta, float* c, int64_t ldc, const GemmEpilogue& epilogue = {});
+// gemm_prepacked (beta 0, B not transposed) where B (K x N, row stride ldb) is made by
+// make_b(dst) on every thread that computes a part of C, into storage of that thread's own,
+// instead of once and shared: for a B that is cheap to make, such as the im2col of a small
+// map, whose shared copy would cross between the cores' caches twice per call (written by
+// both, read whole by both). make_b must write the same values on every call. Same bits as
+// gemm_prepacked on that B.
+void gemm_prepacked_own_b(const PackedMatrix& a, int64_t n, int64_t ldb,
+                          const std::function<void(float*)>& make_b, float* c, int64_t ldc,
+                          const GemmEpilogue& epilogue = {});
 // gemm_prepacked on the calling thread only (for callers that split work themselves).
 void gemm_prepacked_single(const PackedMatrix& a, bool trans_b, int64_t n, const float* b,
                            int64_t ldb, float beta, float* c, int64_t ldc,

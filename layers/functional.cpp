@@ -340,16 +340,23 @@ std::vector<int32_t> tap_sources(int64_t h, int64_t w, int64_t oh, int64_t ow, c
 constexpr int64_t kPlaneMinWidth = 4;
 
 // The GEMM right-hand side of images [img0, img0+nb): B[K, nb*hw], image j's columns at
-// j*hw (its im2col expansion, or its channels for a pointwise convolution).
+// j*hw (its im2col expansion, or its channels for a pointwise convolution). Split by
+// channels between the threads, or all on the calling thread when on_this_thread.
 void columns_batch(const Tensor& x, int64_t img0, int64_t nb, int64_t oh, int64_t ow,
-                   const Conv2dSpec& s, bool direct, float* out) {
+                   const Conv2dSpec& s, bool direct, float* out, bool on_this_thread = false) {
   const int64_t cin = s.in_channels, h = x.dim(2), w = x.dim(3), hw = oh * ow;
   const int64_t taps = direct ? 1 : s.kh * s.kw, ld = nb * hw;
+  auto over_channels = [&](const std::function<void(int64_t, int64_t)>& body) {
+    if (on_this_thread)
+      body(0, cin);
+    else
+      parallel_for(cin, body);
+  };
   if (!direct && ow >= kPlaneMinWidth) {
     // Same values as the table below (copies and zeros), 1.3-4.7x faster on 4x4 to 16x16
     // maps with stride 1 or 2 (one thread, Zen 3; docs/benchmarks.md).
     const PaddedPlane pp(h, w, oh, ow, s);
-    parallel_for(cin, [&](int64_t b, int64_t e) {
+    over_channels([&](int64_t b, int64_t e) {
       thread_local std::vector<float> plane;  // no allocation per call in steady state
       plane.assign(static_cast<size_t>(pp.ph * pp.pw + kPlaneSlack), 0.0f);
       for (int64_t c = b; c < e; ++c)
@@ -366,7 +373,7 @@ void columns_batch(const Tensor& x, int64_t img0, int64_t nb, int64_t oh, int64_
   // Narrow maps: where each (tap, output pixel) reads from, worked out once for all
   // channels and images, so the copy is one tight loop.
   const std::vector<int32_t> from = direct ? std::vector<int32_t>() : tap_sources(h, w, oh, ow, s);
-  parallel_for(cin, [&](int64_t b, int64_t e) {
+  over_channels([&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c)
       for (int64_t im = 0; im < nb; ++im) {
         const float* xc = x.data() + ((img0 + im) * cin + c) * h * w;
@@ -529,6 +536,26 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* b, const C
   return y;
 }
 
+// Columns (im2col) whose expansion reads and writes at most this many floats are expanded
+// by every thread for itself (gemm_prepacked_own_b) rather than once, split by channels
+// between the threads: a shared copy is written half by each core and then read whole by
+// both, and on small maps those transfers between the cores' caches cost more than the
+// expansion. ResNet-50 at 64x64 (every im2col of the pass is 111 k floats or less; layer3's
+// 3x3 convolutions, 46 k: the im2col took 22 us of a 98 us convolution): the pass 0.968
+// and 0.911 of the time (15 and 14 of 16 pairs). Doing more work twice stops paying: at
+// 224x224, layer4's stride-2 shortcut (223 k floats, mostly its padded planes)
+// took layer4 to 1.006-1.014 of its time that way.
+constexpr int64_t kOwnColumnsWork = 128 << 10;
+
+// Floats the expansion of columns_batch reads and writes for one image: per channel, its
+// padded plane (where it makes one) and every tap's block.
+int64_t columns_work(int64_t h, int64_t w, int64_t oh, int64_t ow, const Conv2dSpec& s) {
+  const int64_t taps = s.kh * s.kw * oh * ow;
+  if (ow < kPlaneMinWidth) return s.in_channels * taps;
+  const PaddedPlane pp(h, w, oh, ow, s);
+  return s.in_channels * (pp.ph * pp.pw + taps);
+}
+
 // Whether conv2d_forward_packed convolves directly (conv_prepacked_direct): stride-2
 // layers (ResNet-50's stem and its 3x3 stride-2 layers) of one group and no dilation, on
 // an ISA with direct kernels. The im2col of such a layer gathers every other column; the
@@ -626,6 +653,15 @@ Tensor conv2d_forward_packed(const Tensor& x, const PackedMatrix& w, const Tenso
     Tensor out = conv2d_forward_packed(x, w, b, s, false, nullptr);
     finish_conv_inplace(out, residual, relu);
     return out;
+  }
+  if (nb > 0 && n == 1 && !direct && columns_work(h, wd, oh, ow, s) <= kOwnColumnsWork) {
+    // One image, small columns: every thread expands them into a buffer of its own and
+    // multiplies its rows of the weights by them (see kOwnColumnsWork).
+    if (residual) ep.residual = residual->data();  // laid out like y
+    gemm_prepacked_own_b(w, hw, hw,
+                         [&](float* cols) { columns_batch(x, 0, 1, oh, ow, s, false, cols, true); },
+                         y.data(), hw, ep);
+    return y;
   }
   if (nb > 0) {
     // Small maps: as conv2d_forward, images side by side; a single image's [Cout, hw]

@@ -71,6 +71,12 @@ TEST_SUITE("conv_packed") {
         {2, 13, 5, 3, 2, 2, 50},      // three column phases, 17x17 output
         {4, 9, 3, 2, 2, 1, 41, 2},    // dilation 2 with stride 2
         {512, 2048, 1, 1, 0, 1, 2},   // layer4 at 64x64 input: few columns (lanes along M)
+        // One image with small columns, which every thread expands for itself: ResNet-50's
+        // layer3 3x3 at 64x64 input (padded planes), a 2x2 map (a table of sources), a
+        // strided 1x1 (the shortcut of layer4 at 64x64).
+        {256, 256, 3, 1, 1, 1, 4},
+        {96, 80, 3, 1, 1, 1, 2},
+        {256, 192, 1, 2, 0, 1, 4},
         // Stride 2 with weights past the bands' budget and outputs of 14x14 or more: the
         // direct kernels (AVX-512), which broadcast each tap from a padded copy of the input
         // (several k blocks, rows of 1 to 3 pixel tiles, a partial tile of channels, two

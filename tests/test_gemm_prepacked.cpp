@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -322,6 +323,61 @@ TEST_SUITE("gemm_prepacked") {
       }
     }
     CHECK(checked > 0);
+  }
+
+  TEST_CASE("B made by every thread for itself gives the bits of a shared B") {
+    // gemm_prepacked_own_b calls make_b once on each thread that computes a part of C (once
+    // in all without threads or packed kernels), into storage of that thread's own; C must
+    // equal gemm_prepacked's on the same B, for both layouts, 1-3 threads, several k
+    // blocks, a row stride past the width, and the epilogue.
+    Restore restore;
+    std::mt19937 rng(505);
+    struct Shape {
+      int64_t m, n, k, ldb;
+    };
+    const Shape shapes[] = {{256, 16, 2304, 16},   // ResNet-50 layer3 3x3 at 64x64: lanes along N
+                            {512, 4, 4608, 4},     // layer4 3x3 at 64x64: lanes along M
+                            {300, 49, 700, 53},    // lanes along M, several panels, padded rows
+                            {37, 130, 300, 130}};  // lanes along N, ragged tiles
+    int checked = 0;
+    for (Isa isa : supported_isas()) {
+      set_active_isa(isa);
+      for (const Shape& sh : shapes) {
+        const std::vector<float> a = random_vector(rng, static_cast<size_t>(sh.m * sh.k));
+        const std::vector<float> b = random_vector(rng, static_cast<size_t>(sh.k * sh.ldb));
+        const std::vector<float> bias = random_vector(rng, static_cast<size_t>(sh.m));
+        const PackedMatrix packed(false, sh.m, sh.k, a.data(), sh.k);
+        GemmEpilogue ep;
+        ep.row_bias = bias.data();
+        ep.relu = true;
+        for (int threads : {1, 2, 3}) {
+          set_num_threads(threads);
+          std::vector<float> expect(static_cast<size_t>(sh.m * sh.n)), got(expect.size(), -7.0f);
+          gemm_prepacked(packed, false, sh.n, b.data(), sh.ldb, 0.0f, expect.data(), sh.n, ep);
+          std::atomic<int> calls{0};
+          gemm_prepacked_own_b(
+              packed, sh.n, sh.ldb,
+              [&](float* dst) {
+                ++calls;
+                std::copy(b.begin(), b.end(), dst);
+              },
+              got.data(), sh.n, ep);
+          CHECK_MESSAGE(std::memcmp(got.data(), expect.data(), got.size() * sizeof(float)) == 0,
+                        isa_name(isa) << " m=" << sh.m << " n=" << sh.n << " k=" << sh.k
+                                      << " threads=" << threads);
+          CHECK(calls.load() >= 1);
+          CHECK(calls.load() <= threads);
+          // Two threads with the packed kernels: each made its own B.
+          if (threads == 2 && prepack_kernels(isa)) CHECK(calls.load() == 2);
+          ++checked;
+        }
+      }
+    }
+    CHECK(checked > 0);
+    const std::vector<float> a(64, 1.0f);
+    const PackedMatrix packed(false, 8, 8, a.data(), 8);
+    std::vector<float> c(64);
+    CHECK_THROWS_AS(gemm_prepacked_own_b(packed, 8, 7, [](float*) {}, c.data(), 8), Error);
   }
 
   TEST_CASE("a matrix packed under one ISA still computes after the ISA changes") {
