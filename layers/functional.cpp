@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -541,10 +542,10 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* b, const C
 // between the threads: a shared copy is written half by each core and then read whole by
 // both, and on small maps those transfers between the cores' caches cost more than the
 // expansion. ResNet-50 at 64x64 (every im2col of the pass is 111 k floats or less; layer3's
-// 3x3 convolutions, 46 k: the im2col took 22 us of a 98 us convolution): the pass 0.968
-// and 0.911 of the time (15 and 14 of 16 pairs). Doing more work twice stops paying: at
-// 224x224, layer4's stride-2 shortcut (223 k floats, mostly its padded planes)
-// took layer4 to 1.006-1.014 of its time that way.
+// 3x3 convolutions, 46 k: the im2col took 22 us of a 98 us convolution): the pass took
+// 0.91-0.97 of the time in three runs (13-15 of 16 pairs faster). Doing more work twice
+// stops paying: at 224x224, layer4's stride-2 shortcut (223 k floats, mostly its padded
+// planes) took layer4 to 1.006-1.014 of its time that way.
 constexpr int64_t kOwnColumnsWork = 128 << 10;
 
 // Floats the expansion of columns_batch reads and writes for one image: per channel, its

@@ -205,8 +205,8 @@ void run_prepacked_tiles(const PrepackedJob& g) {
         // Where the ISA has a tc_kernel and there are three panels or more, each panel
         // prefetches instead a slice of the weights the next tile reads: ResNet-50's layer4
         // at 224x224 (49 columns, 5 panels) took 0.91 of the time. With one panel that
-        // prefetch runs a whole tile ahead and was 15 % slower than the kernel's own 4 KB
-        // ahead; with two it timed the same (docs/benchmarks.md).
+        // prefetch runs a whole tile ahead and was 15 % slower than the kernel's own
+        // look-ahead of a few KB; with two it timed the same (docs/benchmarks.md).
         const bool spread = np >= 3;
         for (int64_t t = tg; t < tg1; ++t) {
           const int64_t j0 = t * NR;  // first row of C in this tile
