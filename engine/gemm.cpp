@@ -221,9 +221,9 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
                         const GemmEpilogue& epilogue, bool threaded, bool b_packed,
                         const std::function<void(float*)>* prepare) {
   if (prepare) {
-    // Unthreaded, or without the packed kernels: B made once, here.
-    const bool split =
-        threaded && num_threads() > 1 && prepack_kernels(active_isa()) && active_isa() == a.isa_;
+    // Unless the work is split between threads below (the same tests), B is made once, here.
+    const bool split = threaded && num_threads() > 1 && prepack_kernels(active_isa()) &&
+                       active_isa() == a.isa_ && 2.0 * a.m_ * n * a.k_ >= 2e5;
     if (!split) {
       Tensor own = Tensor::empty({a.k_ * ldb});
       (*prepare)(own.data());
@@ -268,12 +268,6 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
                    epilogue, b_packed};
   const int threads = threaded ? num_threads() : 1;
   if (threads <= 1 || 2.0 * m * n * k < 2e5) {
-    Tensor own;
-    if (prepare) {
-      own = Tensor::empty({k * ldb});
-      (*prepare)(own.data());
-      job.b = own.data();
-    }
     kern->run(job);
     return;
   }
