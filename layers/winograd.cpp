@@ -314,9 +314,10 @@ int64_t tiles_of(int64_t oh, int64_t ow, int64_t m) { return ((oh + m - 1) / m) 
 constexpr int64_t kMinTiles = 16;
 
 // Channel pairs from which F(2x2, 3x3) beats the direct convolution on an 8x8 map (two
-// threads, this repository's kernels): 64 x 64 was 5-10 % slower with the weights in
-// cache and even without, 128 x 128 and more 13-30 % faster (docs/benchmarks.md).
-constexpr int64_t kMinPairsF2 = 128 * 128;
+// threads, this repository's kernels): since the direct path makes its own columns per
+// thread, 128 x 128 is 26-35 % faster direct (ResNet-50's layer2 at 64x64 input), while
+// 256 x 512 and 512 x 512 stay 5-15 % faster through F(2x2, 3x3) (docs/benchmarks.md).
+constexpr int64_t kMinPairsF2 = 256 * 256;
 
 // The side of the output tiles for an oh x ow output of cin -> cout channels: 4
 // (F(4x4, 3x3)), or 2 where that leaves fewer than a lane group of tiles but 2x2 tiles

@@ -196,7 +196,7 @@ TEST_SUITE("winograd") {
     // F(4x4, 3x3) with partial lane groups and tiles, two images, two k blocks (cin 300);
     // F(2x2, 3x3) on an 8x8 map.
     const Case cases[] = {{1, 64, 64, 56, 56, 1}, {2, 16, 30, 23, 18, 1}, {1, 300, 40, 20, 20, 1},
-                          {1, 128, 128, 8, 8, 1}};
+                          {1, 256, 256, 8, 8, 1}};
     const WinogradSplit saved_split = winograd_split();
     const int saved_threads = num_threads();
     for (int threads : {2, 3}) {
@@ -264,13 +264,13 @@ TEST_SUITE("winograd") {
     const Isa saved = active_isa();
     const bool saved_small = winograd_small_maps();
     // {n, cin, cout, h, w, pad}: outputs of 7x7 and 8x8 (and 8x7), channel counts off the
-    // panel heights, two images (32 tiles: two lane groups); at least 128 x 128 channel
+    // panel heights, two images (32 tiles: two lane groups); at least 256 x 256 channel
     // pairs, where F(2x2, 3x3) is chosen. Lane groups of four tile rows or more gather
     // through a table of sources; at 10x10 (25 tiles an image) the second group holds
     // rows of both images.
-    const int64_t shapes[][6] = {{2, 129, 130, 7, 7, 1}, {1, 128, 128, 8, 8, 1},
-                                 {1, 136, 121, 9, 9, 0}, {2, 131, 128, 6, 6, 2},
-                                 {1, 160, 128, 8, 7, 1}, {2, 128, 130, 10, 10, 1}};
+    const int64_t shapes[][6] = {{2, 257, 258, 7, 7, 1}, {1, 256, 256, 8, 8, 1},
+                                 {1, 264, 249, 9, 9, 0}, {2, 259, 256, 6, 6, 2},
+                                 {1, 288, 256, 8, 7, 1}, {2, 256, 258, 10, 10, 1}};
     for (Isa isa : {Isa::Avx2, Isa::Avx512, Isa::Neon}) {
       if (!isa_supported(isa) || !prepack_kernels(isa)) continue;
       set_active_isa(isa);
@@ -420,6 +420,9 @@ TEST_SUITE("winograd") {
            winograd_filters_mode() == WinogradFilters::Streamed));
     CHECK_FALSE(winograd_pays({1, 512, 5, 5}, spec3x3(512, 512, 1)));  // nine 2x2 tiles
     CHECK_FALSE(winograd_pays({1, 64, 8, 8}, spec3x3(64, 64, 1)));     // too narrow for it
+    CHECK_FALSE(winograd_pays({1, 128, 8, 8}, spec3x3(128, 128, 1)));  // direct is faster
+    CHECK(winograd_pays({1, 256, 8, 8}, spec3x3(256, 256, 1)) ==
+          winograd_pays({1, 512, 7, 7}, spec3x3(512, 512, 1)));
     set_winograd_small_maps(saved_small);
     set_winograd_mode(WinogradMode::Off);
     CHECK_FALSE(winograd_pays({1, 64, 56, 56}, spec3x3(64, 64, 1)));
