@@ -315,8 +315,9 @@ constexpr int64_t kMinTiles = 16;
 
 // Channel pairs from which F(2x2, 3x3) beats the direct convolution on an 8x8 map (two
 // threads, this repository's kernels): since the direct path makes its own columns per
-// thread, 128 x 128 is 26-35 % faster direct (ResNet-50's layer2 at 64x64 input), while
-// 256 x 512 and 512 x 512 stay 5-15 % faster through F(2x2, 3x3) (docs/benchmarks.md).
+// thread, F(2x2, 3x3) takes 1.2-1.35 times as long at 128 x 128 (ResNet-50's layer2 at
+// 64x64 input, forward and importance), while the forward passes of 256 x 512 and
+// 512 x 512 stay 5-15 % faster through it (docs/benchmarks.md).
 constexpr int64_t kMinPairsF2 = 256 * 256;
 
 // The side of the output tiles for an oh x ow output of cin -> cout channels: 4
