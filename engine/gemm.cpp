@@ -220,20 +220,17 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
                         int64_t ldb, float beta, float* c, int64_t ldc,
                         const GemmEpilogue& epilogue, bool threaded, bool b_packed,
                         const std::function<void(float*)>* prepare) {
-  if (prepare) {
-    // Unless the work is split between threads below (the same tests), B is made once, here.
-    const bool split = threaded && num_threads() > 1 && prepack_kernels(active_isa()) &&
-                       active_isa() == a.isa_ && 2.0 * a.m_ * n * a.k_ >= 2e5;
-    if (!split) {
-      Tensor own = Tensor::empty({a.k_ * ldb});
-      (*prepare)(own.data());
-      run_prepacked_gemm(a, trans_b, n, own.data(), ldb, beta, c, ldc, epilogue, threaded,
-                         b_packed, nullptr);
-      return;
-    }
-  }
   const int64_t m = a.m_, k = a.k_;
   if (m <= 0 || n <= 0) return;
+  // With prepare, B made once on the calling thread, for the paths that do not split the
+  // work between threads below.
+  Tensor shared;
+  auto b_once = [&]() {
+    if (!prepare) return b;
+    shared = Tensor::empty({k * ldb});
+    (*prepare)(shared.data());
+    return static_cast<const float*>(shared.data());
+  };
   const Isa isa = active_isa();
   if (a.owned_ && isa != a.isa_)
     throw Error("gemm_prepacked: matrix packed for " + isa_name(a.isa_) + " kernels, active ISA is " +
@@ -250,7 +247,7 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
       std::lock_guard<std::mutex> lock(a.mutex_);
       copy = a.source_locked(&src);  // a_ itself until released
     }
-    const GemmArgs g{a.trans_, trans_b, m, n, k, src, a.lda_, b, ldb, beta, c, ldc};
+    const GemmArgs g{a.trans_, trans_b, m, n, k, src, a.lda_, b_once(), ldb, beta, c, ldc};
     if (threaded) {
       gemm(g);
       apply_epilogue(epilogue, m, n, c, ldc);
@@ -268,6 +265,7 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
                    epilogue, b_packed};
   const int threads = threaded ? num_threads() : 1;
   if (threads <= 1 || 2.0 * m * n * k < 2e5) {
+    job.b = b_once();
     kern->run(job);
     return;
   }
