@@ -70,12 +70,20 @@ WinogradMode parse_winograd_mode(const std::string& text, const std::string& wha
 
 // Whether maps too small for sixteen 4x4 output tiles but with sixteen 2x2 ones (7x7 to
 // 12x12: ResNet-50's last stage at 224x224, its second at 64x64) use Winograd F(2x2, 3x3)
-// in layers of at least 128 x 128 channel pairs (default on; ISPLIT_WINOGRAD_F2=0 turns it
+// in layers of at least 256 x 256 channel pairs (default on; ISPLIT_WINOGRAD_F2=0 turns it
 // off). Only streamed filters on ISAs with packed GEMM kernels take that path; elsewhere
 // such maps stay with F(4x4, 3x3) when forced on and with the direct convolution under Auto.
 bool winograd_small_maps();
 // Overrides that for this process (tests, benchmarks).
 void set_winograd_small_maps(bool on);
+
+// Whether, where the threads split a Winograd convolution's products by output channels
+// (streamed filters, two threads or more), each thread transforms all the inputs into a
+// buffer of its own instead of sharing one that both write (default on;
+// ISPLIT_WINOGRAD_PRIVATE=0 turns it off). The results are the same bits either way.
+bool winograd_private_inputs();
+// Overrides that for this process (tests, benchmarks).
+void set_winograd_private_inputs(bool on);
 
 // How the threads share a Winograd convolution's products with streamed filters: by output
 // channels, by tiles (each thread takes its tiles through all three steps; every thread
