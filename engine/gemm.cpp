@@ -278,15 +278,27 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
   // parallel_for gives each thread one contiguous range of units (where it cuts is its
   // choice: see engine/parallel.cpp).
   const int64_t units = (len + unit - 1) / unit;
-  parallel_for(units, [&](int64_t ub, int64_t ue) {
+  // Tells this call's B, made per thread, from the one a thread made for an earlier call.
+  static std::atomic<uint64_t> calls{0};
+  const uint64_t call = prepare ? ++calls : 0;
+  auto body = [&](int64_t ub, int64_t ue) {
     const int64_t s0 = std::min(len, ub * unit), s1 = std::min(len, ue * unit);
     if (s0 >= s1) return;
     PrepackedJob part = job;
     if (prepare) {
-      // This thread's own B, made in its own cache and read from there.
+      // This thread's own B, made in its own cache and read from there, once per call
+      // however many parts the thread runs.
       thread_local Tensor own;
-      if (own.numel() < k * ldb) own = Tensor::empty({k * ldb});
-      (*prepare)(own.data());
+      thread_local uint64_t made = 0;
+      if (own.numel() < k * ldb) {
+        own = Tensor::empty({k * ldb});
+        made = 0;
+      }
+      if (made != call) {
+        made = 0;  // not valid until made (prepare may throw)
+        (*prepare)(own.data());
+        made = call;
+      }
       part.b = own.data();
     }
     if (split_cols) {
@@ -297,7 +309,8 @@ void run_prepacked_gemm(const PackedMatrix& a, bool trans_b, int64_t n, const fl
       part.r1 = s1;
     }
     kern->run(part);
-  });
+  };
+  parallel_for(units, body);
 }
 
 void gemm_prepacked(const PackedMatrix& a, bool trans_b, int64_t n, const float* b, int64_t ldb,

@@ -97,7 +97,9 @@ class Pool {
     std::lock_guard<std::mutex> call(call_mutex_);
     stop_workers();
     stop_ = false;
-    for (int i = 0; i < count; ++i) workers_.emplace_back([this] { work(); });
+    // A worker that starts after the next job is published still takes part in it.
+    const uint64_t seen = generation_of(state_.load(std::memory_order_acquire));
+    for (int i = 0; i < count; ++i) workers_.emplace_back([this, seen] { work(seen); });
   }
 
   // Runs fn over parts of [0, n); false when the pool is busy with another caller's job.
@@ -117,7 +119,8 @@ class Pool {
     worker_end_ns_ = 0;
     done_.store(0, std::memory_order_relaxed);
     const uint64_t gen = ++generation_;
-    state_.store((gen << 32) | 1u, std::memory_order_seq_cst);  // publishes the job: part 1 next
+    // Publishes the job, part 1 next.
+    state_.store((gen << 32) | (static_cast<uint64_t>(parts_) << 16) | 1u, std::memory_order_seq_cst);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) {
       std::lock_guard<std::mutex> lock(mutex_);
       work_cv_.notify_all();
@@ -181,15 +184,17 @@ class Pool {
       uint64_t s = state_.load(std::memory_order_acquire);
       int part;
       do {
-        part = static_cast<int>(s & 0xffffffffu);
-        if ((s >> 32) != gen || part >= parts_) return;
+        // The part count comes from the same word as the generation: a thread still in
+        // the loop of a finished job must not read parts_ of the next one (being set up).
+        part = static_cast<int>(s & 0xffffu);
+        if ((s >> 32) != gen || part >= static_cast<int>((s >> 16) & 0xffffu)) return;
       } while (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel));
       run_part(part, worker && start_ns_ > 0);
     }
   }
 
-  void work() {
-    uint64_t seen = generation_of(state_.load(std::memory_order_acquire));
+  // A worker's loop; `seen`: the last generation before it was started.
+  void work(uint64_t seen) {
     for (;;) {
       auto fresh = [&] { return generation_of(state_.load(std::memory_order_seq_cst)) != seen; };
       if (!spin_until(fresh)) {
@@ -213,7 +218,8 @@ class Pool {
   bool stop_ = false;
   bool caller_waiting_ = false;
   std::atomic<int> sleepers_{0};
-  // The job: generation in the high 32 bits, next unclaimed part in the low 32 bits.
+  // The job: generation in the high 32 bits, its part count in bits 16-31, the next
+  // unclaimed part in the low 16 bits.
   std::atomic<uint64_t> state_{0};
   uint64_t generation_ = 0;
   std::atomic<int> done_{0};
@@ -226,6 +232,7 @@ class Pool {
 };
 
 int g_threads = 0;
+constexpr int kMaxThreads = 1024;  // parts of a job are counted in 16 bits
 
 // ISPLIT_NUM_THREADS when set to a positive count, else the cores in this process's CPU
 // affinity mask (what taskset or a container allows), else the hardware's.
@@ -253,6 +260,7 @@ double parallel_caller_share() {
 
 void set_num_threads(int n) {
   if (n <= 0) n = default_threads();
+  n = std::min(n, kMaxThreads);
   if (n == g_threads) return;
   g_threads = n;
   Pool::instance().set_workers(n - 1);

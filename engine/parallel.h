@@ -12,7 +12,7 @@
 namespace isplit {
 
 // Sets the number of threads the engine uses (<= 0: ISPLIT_NUM_THREADS if set, else
-// every core this process may run on).
+// every core this process may run on; at most 1024).
 void set_num_threads(int n);
 // The number of threads the engine uses.
 int num_threads();

@@ -84,6 +84,31 @@ TEST_SUITE("parallel") {
     set_num_threads(0);
   }
 
+  TEST_CASE("regions with different part counts, back to back, run each index once") {
+    // A thread still claiming parts of a finished region must not take a part of the next
+    // one while the caller sets it up (it once compared with the next region's part count).
+    // Regions of 2, 3 and 4 parts alternate on 4 threads (more than this machine's cores, so
+    // that threads are preempted in between); every index must run once, and no body may
+    // still run when parallel_for has returned.
+    set_num_threads(4);
+    std::atomic<int> running{0};
+    int bad = 0;
+    for (int round = 0; round < 3000; ++round) {
+      const int64_t n = 2 + round % 3;
+      std::atomic<int> hits[4] = {};
+      parallel_for(n, [&](int64_t b, int64_t e) {
+        ++running;
+        for (int64_t i = b; i < e; ++i) ++hits[i];
+        --running;
+      });
+      if (running.load() != 0) ++bad;
+      for (int64_t i = 0; i < n; ++i)
+        if (hits[i].load() != 1) ++bad;
+    }
+    CHECK(bad == 0);
+    set_num_threads(0);
+  }
+
   TEST_CASE("a grain bounds the number of ranges; every index still runs once") {
     set_num_threads(3);
     for (int64_t grain : {1, 10, 100, 1000}) {
