@@ -77,14 +77,6 @@ bool winograd_small_maps();
 // Overrides that for this process (tests, benchmarks).
 void set_winograd_small_maps(bool on);
 
-// Whether, where the threads split a Winograd convolution's products by output channels
-// (streamed filters, two threads or more), each thread transforms all the inputs into a
-// buffer of its own instead of sharing one that both write (default on;
-// ISPLIT_WINOGRAD_PRIVATE=0 turns it off). The results are the same bits either way.
-bool winograd_private_inputs();
-// Overrides that for this process (tests, benchmarks).
-void set_winograd_private_inputs(bool on);
-
 // How the threads share a Winograd convolution's products with streamed filters: by output
 // channels, by tiles (each thread takes its tiles through all three steps; every thread
 // transforms all the filters), or Auto: by tiles where the transformed filters, times the
