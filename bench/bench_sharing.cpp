@@ -42,7 +42,7 @@ bool pin_to(int cpu) {
   return pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
 }
 
-// Two threads meeting `count` times: wait(k) returns once both have called it for the k-th time.
+// A meeting point of two threads: wait(k) returns once both have called it k times.
 struct Meeting {
   std::atomic<int64_t> arrived{0};
   void wait(int64_t k) {

@@ -87,7 +87,7 @@ TEST_SUITE("parallel") {
   TEST_CASE("regions with different part counts, back to back, run each index once") {
     // A thread still claiming parts of a finished region must not take a part of the next
     // one while the caller sets it up (it once compared with the next region's part count).
-    // Regions of 2, 3 and 4 parts alternate on 4 threads (more than this machine's cores, so
+    // Regions of 2, 3 and 4 parts alternate on 4 threads (more than a small machine has cores, so
     // that threads are preempted in between); every index must run once, and no body may
     // still run when parallel_for has returned.
     set_num_threads(4);
