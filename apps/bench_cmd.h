@@ -15,6 +15,7 @@ struct BenchArgs {
   int threads = 0;
   int iters = 10;
   int warmup = 2;
+  int evict_mb = 0;  // MB of other data the threads read before every pass (0: none)
   int64_t num_classes = 0;  // 0: 1000 (forward, importance) or 10 (train)
   bool json = false;
   bool stages = false;  // per-stage times (native forward / importance)

@@ -155,6 +155,14 @@ import json; d = json.load(open('$WORK/out'))
 assert d['huge_pages'] == 'off' and d['huge_page_bytes'] == 0, d
 " && ok || bad "bench --huge-pages off"
 expect 2 "" -- "$ISPLIT" bench --model resnet50 --huge-pages maybe
+expect 0 "" -- "$ISPLIT" bench --model resnet50 --input-size 32 --iters 2 --warmup 0 --json --evict-mb 64
+$PY -c "
+import json; d = json.load(open('$WORK/out'))
+assert d['evict_mb'] == 64 and len(d['times_ms']) == 2, d
+# the 64 MB read between passes is counted in the peak resident set
+assert d['peak_rss_bytes'] > d['weights_bytes'] + 64 * 2**20, d
+" && ok || bad "bench --evict-mb"
+expect 2 "" -- "$ISPLIT" bench --model resnet50 --evict-mb -1
 expect 0 "" -- "$ISPLIT" bench --model resnet50 --input-size 32 --iters 3 --warmup 0 --stages --json
 $PY -c "
 import json; d = json.load(open('$WORK/out'))
