@@ -58,8 +58,8 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
                 "also time every stage of the forward pass (native backend; median ms per stage)");
   cmd->add_option("--winograd", a.winograd, "3x3 convolutions by Winograd: on, off or auto (default: ISPLIT_WINOGRAD, else auto)");
   cmd->add_option("--winograd-filters", a.winograd_filters,
-                  "Winograd filters streamed from the weights (a quarter of the memory) or stored transformed (4x the weights, faster on few tiles) (default: ISPLIT_WINOGRAD_FILTERS, else streamed)")
-      ->check(CLI::IsMember({"stored", "streamed"}));
+                  "Winograd filters streamed from the weights (a quarter of the memory), stored transformed (4x the weights, faster on few tiles) or auto: stored for layers of at most 64x64 channels, streamed for the others (default: ISPLIT_WINOGRAD_FILTERS, else auto)")
+      ->check(CLI::IsMember({"stored", "streamed", "auto"}));
   cmd->add_option("--prepack", a.prepack, "GEMM weights packed once for inference: on or off (default: ISPLIT_PREPACK, else on)")
       ->check(CLI::IsMember({"on", "off"}));
   cmd->add_option("--huge-pages", a.huge_pages,
@@ -200,7 +200,9 @@ int run_bench(const BenchArgs& a) {
     } else {
       j["isa"] = isa_name(active_isa());
       j["winograd"] = winograd_mode() == WinogradMode::Off ? "off" : winograd_mode() == WinogradMode::On ? "on" : "auto";
-      j["winograd_filters"] = winograd_filters_mode() == WinogradFilters::Streamed ? "streamed" : "stored";
+      j["winograd_filters"] = winograd_filters_mode() == WinogradFilters::Streamed ? "streamed"
+                              : winograd_filters_mode() == WinogradFilters::Stored ? "stored"
+                                                                                   : "auto";
       j["prepack"] = gemm_prepack_enabled() ? "on" : "off";
     }
     j["iters"] = a.iters;

@@ -20,7 +20,7 @@ struct BenchArgs {
   bool json = false;
   bool stages = false;  // per-stage times (native forward / importance)
   std::string winograd;  // "": ISPLIT_WINOGRAD or auto; else 0/off, 1/on, auto
-  std::string winograd_filters;  // "": ISPLIT_WINOGRAD_FILTERS or stored; else stored, streamed
+  std::string winograd_filters;  // "": ISPLIT_WINOGRAD_FILTERS or auto; else stored, streamed, auto
   std::string prepack;   // "": ISPLIT_PREPACK or on; else on/off
   std::string huge_pages;  // "": ISPLIT_HUGEPAGES or on; else on/off
   std::string backend = "native";  // native | onednn (forward only)

@@ -171,13 +171,14 @@ void Conv2d::set_training(bool training) {
   if (training) pack_for_inference(false);
 }
 
-const WinogradFilter* Conv2d::FastForms::winograd_filter(const Conv2dSpec& s, bool transposed) {
+const WinogradFilter* Conv2d::FastForms::winograd_filter(const Conv2dSpec& s, bool transposed,
+                                                         int64_t tiles) {
   if (!winograd_applies(s)) return nullptr;
   std::lock_guard<std::mutex> lock(mutex);
-  auto& slot = winograd[transposed ? 1 : 0];
-  const WinogradFilters form = winograd_filters_mode();
-  // Filters are made for the kernels of one ISA, and remade when the form asked for changes
-  // (where the ISA can stream them at all).
+  const WinogradFilters form = winograd_filters_for(s.out_channels, s.in_channels, tiles);
+  auto& slot = winograd[transposed ? 1 : 0][form == WinogradFilters::Streamed ? 1 : 0];
+  // Filters are made for the kernels of one ISA, and remade when the form they came out in
+  // differs from their slot's (an ISA that cannot stream them stores them).
   const bool other_form = slot && slot->streamed() != (form == WinogradFilters::Streamed) &&
                           prepack_kernels(active_isa()) != nullptr;
   if (!slot || slot->isa != active_isa() || other_form) {
@@ -202,6 +203,13 @@ const PackedMatrix* Conv2d::FastForms::gemm_weights(const Conv2dSpec& s, bool tr
   return slot.get();
 }
 
+const WinogradFilter* Conv2d::FastForms::any_streamed() const {
+  for (const auto& direction : winograd)
+    for (const auto& f : direction)
+      if (f && f->streamed()) return f.get();
+  return nullptr;
+}
+
 void Conv2d::FastForms::settle() {
   if (released.load(std::memory_order_acquire) || keep_plain.load(std::memory_order_relaxed))
     return;  // the common case, without the lock
@@ -210,8 +218,7 @@ void Conv2d::FastForms::settle() {
     return;
   // Some form must be able to give the weights back: GEMM weights, or Winograd filters in
   // the streamed form (stored ones compute without the weights but cannot restore them).
-  const bool streamed = (winograd[0] && winograd[0]->streamed()) ||
-                        (winograd[1] && winograd[1]->streamed());
+  const bool streamed = any_streamed() != nullptr;
   if (!gemm[0] && !gemm[1] && !streamed) return;
   for (auto& g : gemm)
     if (g && !g->release_source()) {
@@ -232,8 +239,7 @@ const Tensor& Conv2d::FastForms::plain_locked() {
     from->unpack(w.data());  // W [cout, k], or as W^T's source: the same storage
   } else {
     // Released with streamed Winograd filters as the only copy (settle).
-    w = winograd_filter_weights(winograd[0] && winograd[0]->streamed() ? *winograd[0]
-                                                                        : *winograd[1]);
+    w = winograd_filter_weights(*any_streamed());
   }
   weight = w;
   if (mirror) *mirror = w;  // shares the storage
@@ -296,7 +302,9 @@ std::shared_ptr<Conv2d::FastForms> Conv2d::bn_forms(const BatchNorm2d& bn) {
 Tensor Conv2d::forward_with(FastForms& f, const Tensor& x, bool relu, const Tensor* residual) const {
   const Tensor* b = f.bias.defined() ? &f.bias : nullptr;
   if (winograd_pays(x.shape(), spec_))
-    if (const WinogradFilter* wf = f.winograd_filter(spec_, false)) {
+    if (const WinogradFilter* wf = f.winograd_filter(
+            spec_, false, winograd_tiles4(conv2d_out_shape(x.shape(), spec_)[2],
+                                          conv2d_out_shape(x.shape(), spec_)[3]))) {
       Tensor y = conv2d_forward_winograd(x, *wf, b, spec_, relu && !residual);
       if (residual) finish_conv_inplace(y, residual, relu);
       f.settle();
@@ -314,7 +322,7 @@ Tensor Conv2d::forward_with(FastForms& f, const Tensor& x, bool relu, const Tens
 
 void Conv2d::backward_data_with(FastForms& f, const Tensor& gy, Tensor& gx, bool add) const {
   if (winograd_backward_pays(gy.shape(), spec_))
-    if (const WinogradFilter* wt = f.winograd_filter(spec_, true)) {
+    if (const WinogradFilter* wt = f.winograd_filter(spec_, true, winograd_tiles4(gx.dim(2), gx.dim(3)))) {
       conv2d_backward_data_winograd(gy, *wt, spec_, gx, add);
       f.settle();
       return;

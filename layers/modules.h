@@ -127,11 +127,14 @@ class Conv2d : public Module {
     std::mutex mutex;
     std::atomic<bool> released{false};
     std::atomic<bool> keep_plain{false};  // no release: a form cannot, or a caller holds them
-    std::shared_ptr<const WinogradFilter> winograd[2];
+    std::shared_ptr<const WinogradFilter> winograd[2][2];  // [transposed][streamed]
     std::shared_ptr<PackedMatrix> gemm[2];
-    // The Winograd filter (transposed: of the data gradient), or null when Winograd does
+    // The Winograd filter (transposed: of the data gradient) in the form asked for maps of
+    // `tiles` 4x4 output tiles per image (winograd_filters_for), or null when Winograd does
     // not apply to the layer.
-    const WinogradFilter* winograd_filter(const Conv2dSpec& s, bool transposed);
+    const WinogradFilter* winograd_filter(const Conv2dSpec& s, bool transposed, int64_t tiles);
+    // A streamed Winograd filter made so far, or null.
+    const WinogradFilter* any_streamed() const;
     // The packed GEMM weights (transposed: W^T), or null for grouped layers or when
     // prepacking is off.
     const PackedMatrix* gemm_weights(const Conv2dSpec& s, bool transposed);

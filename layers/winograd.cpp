@@ -62,7 +62,7 @@ std::atomic<bool>& small_maps_slot() {
 }
 
 std::atomic<int>& filters_slot() {
-  static std::atomic<int> slot{setting_from_env("ISPLIT_WINOGRAD_FILTERS", WinogradFilters::Streamed,
+  static std::atomic<int> slot{setting_from_env("ISPLIT_WINOGRAD_FILTERS", WinogradFilters::Auto,
                                                 &parse_winograd_filters)};
   return slot;
 }
@@ -292,10 +292,21 @@ void set_winograd_filters_mode(WinogradFilters form) {
   filters_slot().store(static_cast<int>(form));
 }
 
+WinogradFilters winograd_filters_for(int64_t out_channels, int64_t in_channels, int64_t tiles,
+                                     WinogradFilters form) {
+  if (form != WinogradFilters::Auto) return form;
+  return out_channels * in_channels <= kStoredFiltersMaxPairs && tiles <= kStoredFiltersMaxTiles
+             ? WinogradFilters::Stored
+             : WinogradFilters::Streamed;
+}
+
+int64_t winograd_tiles4(int64_t oh, int64_t ow) { return ((oh + 3) / 4) * ((ow + 3) / 4); }
+
 WinogradFilters parse_winograd_filters(const std::string& text, const std::string& what) {
   if (text == "stored") return WinogradFilters::Stored;
   if (text == "streamed") return WinogradFilters::Streamed;
-  throw Error(what + ": '" + text + "' is not one of stored, streamed");
+  if (text == "auto") return WinogradFilters::Auto;
+  throw Error(what + ": '" + text + "' is not one of stored, streamed, auto");
 }
 
 namespace {
@@ -304,7 +315,7 @@ namespace {
 bool f2_available() {
   return small_maps_slot().load(std::memory_order_relaxed) &&
          prepack_kernels(active_isa()) != nullptr &&
-         winograd_filters_mode() == WinogradFilters::Streamed;
+         winograd_filters_mode() != WinogradFilters::Stored;  // auto streams these layers
 }
 
 // 4x4 and 2x2 tiles covering an oh x ow output.
@@ -462,8 +473,10 @@ int64_t WinogradFilter::bytes() const {
 WinogradFilter winograd_filter(const Tensor& w, WinogradFilters form) {
   if (w.ndim() != 4 || w.dim(2) != 3 || w.dim(3) != 3)
     throw Error("winograd: expected a [Cout, Cin, 3, 3] filter, got " + shape_str(w.shape()));
-  const PrepackKernels* pk =
-      form == WinogradFilters::Streamed ? prepack_kernels(active_isa()) : nullptr;
+  // Auto without a map: as on a small one.
+  const PrepackKernels* pk = winograd_filters_for(w.dim(0), w.dim(1), 1, form) == WinogradFilters::Streamed
+                                 ? prepack_kernels(active_isa())
+                                 : nullptr;
   if (pk)
     return streamed_filter(w, pk->mr, pk->kc);
   return stored_filter(w);

@@ -43,16 +43,30 @@ struct WinogradFilter {
   int64_t bytes() const;
 };
 
-// Which form new Winograd filters take (ISPLIT_WINOGRAD_FILTERS=stored / streamed sets the
-// default): streamed holds a quarter of the memory and is the default; stored can be
-// faster where U is used on few tiles (VGG16's 512-channel layers). Where the active ISA
-// has no packed GEMM kernels filters are stored whatever the mode.
-enum class WinogradFilters { Stored, Streamed };
-// The current form (default: the ISPLIT_WINOGRAD_FILTERS variable, else Streamed).
+// Which form new Winograd filters take (ISPLIT_WINOGRAD_FILTERS=stored / streamed / auto
+// sets the default): streamed holds a quarter of the memory; stored can be faster where U
+// is used on few tiles (VGG16's 512-channel layers), where the transform inside every call
+// is not spread over many; auto (the default) stores the filters of small layers (at most
+// kStoredFiltersMaxPairs channel pairs) on small maps (at most kStoredFiltersMaxTiles 4x4
+// tiles an image: ResNet-50's layer1 up to 128x128 inputs, 1.8 MB for its three layers) and
+// streams the others. Where the active ISA has no packed GEMM kernels filters are stored
+// whatever the mode.
+enum class WinogradFilters { Stored, Streamed, Auto };
+// The most input x output channel pairs whose filters auto stores.
+constexpr int64_t kStoredFiltersMaxPairs = 64 * 64;
+// The most 4x4 output tiles per image on which auto stores them.
+constexpr int64_t kStoredFiltersMaxTiles = 64;
+// The current form (default: the ISPLIT_WINOGRAD_FILTERS variable, else Auto).
 WinogradFilters winograd_filters_mode();
+// The form a layer with these channel counts gets under `form` on maps of `tiles` 4x4
+// output tiles per image (Auto resolved to Stored or Streamed; the others as they are).
+WinogradFilters winograd_filters_for(int64_t out_channels, int64_t in_channels, int64_t tiles,
+                                     WinogradFilters form = winograd_filters_mode());
+// 4x4 output tiles of one image of an oh x ow map.
+int64_t winograd_tiles4(int64_t oh, int64_t ow);
 // Overrides the form for filters made from now on (tests, benchmarks, --winograd-filters).
 void set_winograd_filters_mode(WinogradFilters form);
-// Parses "stored" or "streamed"; throws Error naming `what` otherwise.
+// Parses "stored", "streamed" or "auto"; throws Error naming `what` otherwise.
 WinogradFilters parse_winograd_filters(const std::string& text, const std::string& what);
 
 // The [Cout, Cin, 3, 3] weights a streamed filter was made from, bit for bit (for one made

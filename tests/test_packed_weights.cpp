@@ -212,6 +212,43 @@ TEST_SUITE("packed_weights") {
     CHECK(worst <= 8e-6 * 64 * 9 * mx * mw);
   }
 
+  TEST_CASE("auto filters: stored on small maps, streamed on large ones, each form kept") {
+    Restore restore;
+    set_winograd_mode(WinogradMode::Auto);
+    Conv2d conv(64, 64, 3, 1, 1, true);
+    randomise(conv, 29);
+    const Tensor w0 = conv.weight.value.clone();
+    std::mt19937 rng(8);
+    const Tensor small = uniform_tensor(rng, {1, 64, 16, 16});  // 16 tiles: stored
+    const Tensor large = uniform_tensor(rng, {1, 64, 40, 40});  // 100 tiles: streamed
+    REQUIRE(winograd_pays(small.shape(), conv.spec()));
+    REQUIRE(winograd_pays(large.shape(), conv.spec()));
+    // The same layer with one form forced, as references.
+    auto forced = [&](WinogradFilters form, const Tensor& x) {
+      set_winograd_filters_mode(form);
+      Conv2d c(64, 64, 3, 1, 1, true);
+      c.weight.value.copy_from(w0);
+      c.bias.value.copy_from(conv.bias.value);
+      c.pack_for_inference(true);
+      return c.infer(x, true);
+    };
+    const Tensor stored_small = forced(WinogradFilters::Stored, small);
+    const Tensor streamed_small = forced(WinogradFilters::Streamed, small);
+    const Tensor streamed_large = forced(WinogradFilters::Streamed, large);
+    const Tensor stored_large = forced(WinogradFilters::Stored, large);
+    set_winograd_filters_mode(WinogradFilters::Auto);
+    conv.pack_for_inference(true);
+    CHECK(same_bits(conv.infer(small, true), stored_small));
+    CHECK(same_bits(conv.infer(large, true), streamed_large));
+    CHECK(same_bits(conv.infer(small, true), stored_small));  // both forms kept
+    if (can_release()) {
+      CHECK_FALSE(same_bits(stored_small, streamed_small));  // so the checks above can fail
+      CHECK_FALSE(same_bits(stored_large, streamed_large));
+    }
+    conv.unpack_weights();
+    CHECK(same_bits(conv.weight.value, w0));
+  }
+
   TEST_CASE("a BatchNorm folded into a released convolution uses its exact weights") {
     Restore restore;
     set_winograd_mode(WinogradMode::Off);

@@ -417,7 +417,7 @@ TEST_SUITE("winograd") {
     set_winograd_small_maps(true);
     CHECK(winograd_pays({1, 512, 7, 7}, spec3x3(512, 512, 1)) ==
           (prepack_kernels(active_isa()) != nullptr &&
-           winograd_filters_mode() == WinogradFilters::Streamed));
+           winograd_filters_mode() != WinogradFilters::Stored));
     CHECK_FALSE(winograd_pays({1, 512, 5, 5}, spec3x3(512, 512, 1)));  // nine 2x2 tiles
     CHECK_FALSE(winograd_pays({1, 64, 8, 8}, spec3x3(64, 64, 1)));     // too narrow for it
     CHECK_FALSE(winograd_pays({1, 128, 8, 8}, spec3x3(128, 128, 1)));  // direct is faster
@@ -558,6 +558,25 @@ TEST_SUITE("winograd") {
     CHECK(winograd_filter(Tensor::zeros({8, 8, 3, 3})).streamed() == can);
     set_winograd_filters_mode(WinogradFilters::Stored);
     CHECK_FALSE(winograd_filter(Tensor::zeros({8, 8, 3, 3})).streamed());
+    // Auto: stored up to 64 x 64 channel pairs on up to 64 tiles (a 32x32 map), streamed
+    // otherwise (where the ISA can).
+    CHECK(parse_winograd_filters("auto", "x") == WinogradFilters::Auto);
+    set_winograd_filters_mode(WinogradFilters::Auto);
+    CHECK(winograd_tiles4(16, 16) == 16);
+    CHECK(winograd_tiles4(32, 32) == 64);
+    CHECK(winograd_tiles4(56, 56) == 196);
+    CHECK(winograd_tiles4(5, 9) == 6);
+    CHECK(winograd_filters_for(64, 64, 16) == WinogradFilters::Stored);
+    CHECK(winograd_filters_for(64, 64, 64) == WinogradFilters::Stored);
+    CHECK(winograd_filters_for(64, 64, 65) == WinogradFilters::Streamed);
+    CHECK(winograd_filters_for(64, 65, 16) == WinogradFilters::Streamed);
+    CHECK(winograd_filters_for(128, 32, 4) == WinogradFilters::Stored);
+    CHECK(winograd_filters_for(64, 65, 16, WinogradFilters::Stored) == WinogradFilters::Stored);
+    CHECK(winograd_filters_for(8, 8, 1, WinogradFilters::Streamed) == WinogradFilters::Streamed);
+    CHECK_FALSE(winograd_filter(Tensor::zeros({64, 64, 3, 3})).streamed());
+    CHECK(winograd_filter(Tensor::zeros({64, 65, 3, 3})).streamed() == can);
+    CHECK_FALSE(winograd_filter_transposed(Tensor::zeros({64, 64, 3, 3})).streamed());
+    CHECK(winograd_filter_transposed(Tensor::zeros({65, 64, 3, 3})).streamed() == can);
     set_winograd_filters_mode(saved);
   }
 }
