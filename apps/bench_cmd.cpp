@@ -50,15 +50,15 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   cmd->add_option("--evict-mb", a.evict_mb,
                   "before every pass, untimed, the threads read this many MB of other data, so that "
                   "the weights come from memory as after other work; counted in the peak RSS (default 0: "
-                  "back-to-back passes)")
-      ->check(CLI::Range(0, 65536));
+                  "back-to-back passes; at most 4096)")
+      ->check(CLI::Range(0, 4096));
   cmd->add_option("--num-classes", a.num_classes, "classifier width (default 1000; 10 for train)")->check(CLI::PositiveNumber);
   cmd->add_flag("--json", a.json, "print one JSON object");
   cmd->add_flag("--stages", a.stages,
                 "also time every stage of the forward pass (native backend; median ms per stage)");
   cmd->add_option("--winograd", a.winograd, "3x3 convolutions by Winograd: on, off or auto (default: ISPLIT_WINOGRAD, else auto)");
   cmd->add_option("--winograd-filters", a.winograd_filters,
-                  "Winograd filters streamed from the weights (a quarter of the memory), stored transformed (4x the weights, faster on few tiles) or auto: stored for layers of at most 64x64 channels, streamed for the others (default: ISPLIT_WINOGRAD_FILTERS, else auto)")
+                  "Winograd filters streamed from the weights (a quarter of the memory), stored transformed (4x the weights, faster on few tiles) or auto: stored for layers of at most 64x64 channels on maps of at most 32x32, streamed for the others (default: ISPLIT_WINOGRAD_FILTERS, else auto)")
       ->check(CLI::IsMember({"stored", "streamed", "auto"}));
   cmd->add_option("--prepack", a.prepack, "GEMM weights packed once for inference: on or off (default: ISPLIT_PREPACK, else on)")
       ->check(CLI::IsMember({"on", "off"}));

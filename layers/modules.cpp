@@ -301,10 +301,9 @@ std::shared_ptr<Conv2d::FastForms> Conv2d::bn_forms(const BatchNorm2d& bn) {
 
 Tensor Conv2d::forward_with(FastForms& f, const Tensor& x, bool relu, const Tensor* residual) const {
   const Tensor* b = f.bias.defined() ? &f.bias : nullptr;
+  const Shape os = conv2d_out_shape(x.shape(), spec_);
   if (winograd_pays(x.shape(), spec_))
-    if (const WinogradFilter* wf = f.winograd_filter(
-            spec_, false, winograd_tiles4(conv2d_out_shape(x.shape(), spec_)[2],
-                                          conv2d_out_shape(x.shape(), spec_)[3]))) {
+    if (const WinogradFilter* wf = f.winograd_filter(spec_, false, winograd_tiles4(os[2], os[3]))) {
       Tensor y = conv2d_forward_winograd(x, *wf, b, spec_, relu && !residual);
       if (residual) finish_conv_inplace(y, residual, relu);
       f.settle();

@@ -300,7 +300,6 @@ WinogradFilters winograd_filters_for(int64_t out_channels, int64_t in_channels, 
              : WinogradFilters::Streamed;
 }
 
-int64_t winograd_tiles4(int64_t oh, int64_t ow) { return ((oh + 3) / 4) * ((ow + 3) / 4); }
 
 WinogradFilters parse_winograd_filters(const std::string& text, const std::string& what) {
   if (text == "stored") return WinogradFilters::Stored;
@@ -320,6 +319,11 @@ bool f2_available() {
 
 // 4x4 and 2x2 tiles covering an oh x ow output.
 int64_t tiles_of(int64_t oh, int64_t ow, int64_t m) { return ((oh + m - 1) / m) * ((ow + m - 1) / m); }
+}  // namespace
+
+int64_t winograd_tiles4(int64_t oh, int64_t ow) { return tiles_of(oh, ow, 4); }
+
+namespace {
 
 // Lane groups' worth of tiles below which a map counts as small.
 constexpr int64_t kMinTiles = 16;
