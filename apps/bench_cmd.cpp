@@ -55,7 +55,7 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   cmd->add_option("--num-classes", a.num_classes, "classifier width (default 1000; 10 for train)")->check(CLI::PositiveNumber);
   cmd->add_flag("--json", a.json, "print one JSON object");
   cmd->add_flag("--stages", a.stages,
-                "also time every stage of the forward pass (native backend; median ms per stage)");
+                "also time every stage of the forward pass, and in importance mode of the backward too (native backend; median ms per stage)");
   cmd->add_option("--winograd", a.winograd, "3x3 convolutions by Winograd: on, off or auto (default: ISPLIT_WINOGRAD, else auto)");
   cmd->add_option("--winograd-filters", a.winograd_filters,
                   "Winograd filters streamed from the weights (a quarter of the memory), stored transformed (4x the weights, faster on few tiles) or auto: stored for layers of at most 64x64 channels on maps of at most 32x32, streamed for the others (default: ISPLIT_WINOGRAD_FILTERS, else auto)")
@@ -114,6 +114,18 @@ int run_bench(const BenchArgs& a) {
   // tape, and the backward with the tape's teardown.
   std::vector<double> forward_part_ms, backward_part_ms;
   bool timing_parts = false;
+  // With --stages, the importance pass's backward timed by stage too (tape sections).
+  std::vector<std::string> back_names;
+  std::vector<std::vector<double>> back_ms;
+  auto time_back = [&](const std::string& name, double seconds) {
+    const size_t i = static_cast<size_t>(std::find(back_names.begin(), back_names.end(), name) -
+                                         back_names.begin());
+    if (i == back_names.size()) {
+      back_names.push_back(name);
+      back_ms.emplace_back();
+    }
+    back_ms[i].push_back(1e3 * seconds);
+  };
   auto pass = [&] {
     if (a.mode == "forward") {
       (void)infer(x);
@@ -122,6 +134,7 @@ int run_bench(const BenchArgs& a) {
       auto t1 = t0;
       {
         Tape tape = Tape::activations_only();
+        if (timing_parts && a.stages) tape.set_section_timer(time_back);
         Var out = model->forward(&tape, tape.input(x));
         t1 = std::chrono::steady_clock::now();
         Tensor seed = Tensor::zeros(out.value.shape());
@@ -185,6 +198,15 @@ int run_bench(const BenchArgs& a) {
   const double median = median_of(ms);
   std::vector<double> stage_median;
   for (const auto& v : stage_ms) stage_median.push_back(median_of(v));
+  // The backward's median per forward stage (negative: the stage recorded no backward).
+  std::vector<double> back_median;
+  for (const std::string& name : stage_names) {
+    const auto it = std::find(back_names.begin(), back_names.end(), name);
+    back_median.push_back(it == back_names.end()
+                              ? -1.0
+                              : median_of(back_ms[static_cast<size_t>(it - back_names.begin())]));
+  }
+  const bool show_back = !back_names.empty();
   const long long peak = peak_rss_bytes();
   const size_t tensor_peak = tensor_peak_bytes();
   if (a.json) {
@@ -224,8 +246,11 @@ int run_bench(const BenchArgs& a) {
     }
     if (a.stages) {
       nlohmann::ordered_json st = nlohmann::ordered_json::array();
-      for (size_t i = 0; i < stage_names.size(); ++i)
-        st.push_back({{"name", stage_names[i]}, {"median_ms", stage_median[i]}});
+      for (size_t i = 0; i < stage_names.size(); ++i) {
+        nlohmann::ordered_json e = {{"name", stage_names[i]}, {"median_ms", stage_median[i]}};
+        if (show_back && back_median[i] >= 0) e["backward_median_ms"] = back_median[i];
+        st.push_back(e);
+      }
       j["stages"] = st;
     }
     std::cout << j.dump() << "\n";
@@ -242,13 +267,30 @@ int run_bench(const BenchArgs& a) {
     std::printf("medians of the parts: forward (recording the tape) %.2f ms, backward %.2f ms\n",
                 median_of(forward_part_ms), median_of(backward_part_ms));
   if (a.stages) {
-    double total = 0;
+    double total = 0, back_total = 0;
     for (double t : stage_median) total += t;
-    std::printf("%-24s %10s %7s\n", a.mode == "forward" ? "stage" : "stage (forward part)", "median ms", "share");
-    for (size_t i = 0; i < stage_names.size(); ++i)
-      std::printf("%-24s %10.3f %6.1f%%\n", stage_names[i].c_str(), stage_median[i],
-                  total > 0 ? 100.0 * stage_median[i] / total : 0.0);
-    std::printf("%-24s %10.3f\n", "sum of stage medians", total);
+    for (double t : back_median) back_total += std::max(t, 0.0);
+    if (show_back) {
+      std::printf("%-24s %10s %7s %12s %7s %9s\n", "stage", "forward ms", "share", "backward ms",
+                  "share", "back/fwd");
+      for (size_t i = 0; i < stage_names.size(); ++i) {
+        std::printf("%-24s %10.3f %6.1f%%", stage_names[i].c_str(), stage_median[i],
+                    total > 0 ? 100.0 * stage_median[i] / total : 0.0);
+        if (back_median[i] >= 0)
+          std::printf(" %12.3f %6.1f%% %9.2f\n", back_median[i],
+                      back_total > 0 ? 100.0 * back_median[i] / back_total : 0.0,
+                      stage_median[i] > 0 ? back_median[i] / stage_median[i] : 0.0);
+        else
+          std::printf(" %12s\n", "-");
+      }
+      std::printf("%-24s %10.3f %7s %12.3f\n", "sum of stage medians", total, "", back_total);
+    } else {
+      std::printf("%-24s %10s %7s\n", a.mode == "forward" ? "stage" : "stage (forward part)", "median ms", "share");
+      for (size_t i = 0; i < stage_names.size(); ++i)
+        std::printf("%-24s %10.3f %6.1f%%\n", stage_names[i].c_str(), stage_median[i],
+                    total > 0 ? 100.0 * stage_median[i] / total : 0.0);
+      std::printf("%-24s %10.3f\n", "sum of stage medians", total);
+    }
   }
   return 0;
 }

@@ -1,5 +1,6 @@
 #include "engine/tape.h"
 
+#include <chrono>
 #include <cstring>
 
 #include "engine/parallel.h"
@@ -63,7 +64,24 @@ void Tape::backward(const Var& root, const Tensor& seed) {
   grads_[root.id] = seed.clone();
   const int last = producer_[root.id];
   std::vector<Tensor*> gin;
+  // Per-section timing: the section of the node being run, from the last one down.
+  using Clock = std::chrono::steady_clock;
+  int section = -1;
+  Clock::time_point section_start;
+  auto enter_section = [&](int n) {
+    if (!section_timer_) return;
+    int s = section < 0 ? static_cast<int>(sections_.size()) - 1 : section;
+    while (s >= 0 && sections_[static_cast<size_t>(s)].first > n) --s;
+    if (s == section) return;
+    const Clock::time_point now = Clock::now();
+    if (section >= 0)
+      section_timer_(sections_[static_cast<size_t>(section)].second,
+                     std::chrono::duration<double>(now - section_start).count());
+    section = s;
+    section_start = now;
+  };
   for (int n = last; n >= 0; --n) {
+    enter_section(n);
     Node& node = nodes_[n];
     const Tensor& gout = grads_[node.output];
     if (!gout.defined()) continue;  // not on a path from the root
@@ -98,6 +116,17 @@ void Tape::backward(const Var& root, const Tensor& seed) {
         if (gin[i]->shares_storage(gout)) shared_[node.inputs[i]] = 1;
       }
   }
+  if (section >= 0)
+    section_timer_(sections_[static_cast<size_t>(section)].second,
+                   std::chrono::duration<double>(Clock::now() - section_start).count());
+}
+
+void Tape::begin_section(const std::string& name) {
+  const int next = static_cast<int>(nodes_.size());
+  if (!sections_.empty() && sections_.back().first == next)
+    sections_.back().second = name;
+  else
+    sections_.emplace_back(next, name);
 }
 
 Tensor Tape::grad(const Var& v) const {
@@ -112,6 +141,7 @@ void Tape::clear() {
   producer_.clear();
   grads_.clear();
   nodes_.clear();
+  sections_.clear();
 }
 
 }  // namespace isplit

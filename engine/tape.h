@@ -9,6 +9,7 @@
 #pragma once
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -79,8 +80,16 @@ class Tape {
   Tensor grad(const Var& v) const;
   // Number of recorded nodes.
   size_t size() const { return nodes_.size(); }
-  // Drops every node and gradient (keeps the param_grads setting).
+  // Drops every node and gradient (keeps the param_grads setting and the section timer).
   void clear();
+  // Starts a named section: the nodes recorded from now on belong to it (a model names its
+  // stages so). A name given before any node was recorded under the previous one renames it.
+  void begin_section(const std::string& name);
+  // What backward() reports for each section it walks through: the section's name and the
+  // wall time, in seconds, from its last node's backward to its first one's end.
+  using SectionTimer = std::function<void(const std::string&, double)>;
+  // Installs (or, with nullptr, removes) the per-section backward timer used for profiling.
+  void set_section_timer(SectionTimer timer) { section_timer_ = std::move(timer); }
 
  private:
   struct Node {
@@ -97,6 +106,9 @@ class Tape {
   std::vector<Tensor> grads_;       // per variable, after backward
   std::vector<char> shared_;        // per variable: its gradient is another's storage
   std::vector<Node> nodes_;
+  // Sections in recording order: (index of the first node, name).
+  std::vector<std::pair<int, std::string>> sections_;
+  SectionTimer section_timer_;
   int new_var(const Shape& shape, bool requires_grad, int producer);
 };
 

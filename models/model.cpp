@@ -55,6 +55,7 @@ Var Model::forward(Tape* tape, const Var& x, const Observer& observe,
   if (stage_timer_) t0 = Clock::now();
   for (size_t i = 0; i < stages_.size(); ++i) {
     Stage& s = stages_[i];
+    if (tape) tape->begin_section(s.name);  // the backward's nodes named by stage
     Var pre;
     if (packed_ && i + 2 < stages_.size() && !(stages_[i].cut && !stages_[i].hidden) &&
         !(stages_[i + 1].cut && !stages_[i + 1].hidden)) {
@@ -64,12 +65,15 @@ Var Model::forward(Tape* tape, const Var& x, const Observer& observe,
       auto* pool = dynamic_cast<AdaptiveAvgPool2d*>(s.module.get());
       auto* fc = dynamic_cast<Linear*>(stages_[i + 2].module.get());
       if (pool && fc && dynamic_cast<Flatten*>(stages_[i + 1].module.get())) {
+        const std::string joined = s.name + "+" + stages_[i + 1].name + "+" + stages_[i + 2].name;
+        if (tape) tape->begin_section(joined);
         Var y = fc->forward_after_pool(tape, v, pool->out_h(), pool->out_w());
+        if (!y.value.defined() && tape) tape->begin_section(s.name);
         if (y.value.defined()) {
           v = y;
           i += 2;
           Stage& last = stages_[i];
-          if (stage_timer_) timed(s.name + "+" + stages_[i - 1].name + "+" + last.name);
+          timed(joined);
           if (last.cut && !last.hidden) {
             if (observe) observe(last.name, v);
             if (last.name == stop_after) return v;

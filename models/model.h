@@ -43,8 +43,9 @@ class Model {
   // Throws CutPointError when a head was asked for a cut point the builder never reached.
   void check_head_built() const;
 
-  // Runs the network on x [N,3,H,W]. With a tape, records the backward. observe is called
-  // for every cut point output; with stop_after, returns that cut point's output.
+  // Runs the network on x [N,3,H,W]. With a tape, records the backward, each stage's nodes
+  // in a tape section named as the stage timer names it. observe is called for every cut
+  // point output; with stop_after, returns that cut point's output.
   Var forward(Tape* tape, const Var& x, const Observer& observe = nullptr,
               const std::string& stop_after = "");
   // forward that also reports, for cut points whose output is a ReLU's output, that

@@ -171,9 +171,21 @@ assert [s['name'] for s in st][:5] == ['conv1', 'bn1', 'relu', 'maxpool', 'layer
 assert len(st) == 23 and st[-1]['name'] == 'fc', st
 assert all(s['median_ms'] >= 0 for s in st), st
 assert sum(s['median_ms'] for s in st) <= 1.5 * d['max_ms'], (st, d)
+assert not any('backward_median_ms' in s for s in st), st  # a forward has no backward
 " && ok || bad "bench --stages --json"
+expect 0 "" -- "$ISPLIT" bench --model resnet50 --mode importance --input-size 32 --iters 2 --warmup 0 --stages --json
+$PY -c "
+import json; d = json.load(open('$WORK/out'))
+st = {s['name']: s for s in d['stages']}
+# every block records a backward, timed within the backward part
+assert all(st[n]['backward_median_ms'] >= 0 for n in st if n.startswith('layer')), st
+assert sum(s.get('backward_median_ms', 0) for s in st.values()) <= 1.5 * d['max_ms'], d
+" && ok || bad "bench importance --stages --json backward"
 expect 0 "" -- "$ISPLIT" bench --model resnet50 --mode importance --input-size 32 --iters 1 --warmup 0 --stages
 grep -q "^layer4.2 " "$WORK/out" && grep -q "sum of stage medians" "$WORK/out" && ok || bad "bench --stages table"
+# in importance mode the table has the backward by stage too: forward ms, share, backward ms, share, ratio
+grep -q "^stage  *forward ms  *share  *backward ms  *share  *back/fwd$" "$WORK/out" &&
+  grep -Eq "^layer4\.2 +[0-9.]+ +[0-9.]+% +[0-9.]+ +[0-9.]+% +[0-9.]+$" "$WORK/out" && ok || bad "bench --stages backward columns"
 grep -q "^medians of the parts: forward (recording the tape) [0-9.]* ms, backward [0-9.]* ms" "$WORK/out" && ok || bad "bench importance parts"
 expect 0 "" -- "$ISPLIT" bench --model resnet50 --mode importance --input-size 32 --iters 3 --warmup 0 --json
 $PY -c "

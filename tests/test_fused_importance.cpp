@@ -292,6 +292,50 @@ TEST_SUITE("importance_fast") {
     }
   }
 
+  TEST_CASE("tape: sections report once each, in backward order, after their own nodes") {
+    const Tensor x = Tensor::full({2, 3}, 1.0f);
+    std::vector<std::string> log;
+    Tape tape = Tape::activations_only();
+    const Var xin = tape.input(x, true);
+    // A node that logs its label and passes the gradient on.
+    auto node = [&](const Var& in, const std::string& label) {
+      return tape.record(x.clone(), {&in}, [&log, label](const Tensor& g, std::vector<Tensor*>& gin) {
+        log.push_back(label);
+        if (gin[0]) gin[0]->copy_from(g);
+      });
+    };
+    tape.begin_section("a");
+    const Var a1 = node(xin, "a1");
+    const Var a2 = node(a1, "a2");
+    tape.begin_section("b");  // renamed before any node: no section "b"
+    tape.begin_section("c");
+    const Var c1 = node(a2, "c1");
+    tape.begin_section("empty");  // a section without nodes is never reported
+    tape.begin_section("d");
+    const Var d1 = node(c1, "d1");
+    const Var d2 = node(d1, "d2");
+    tape.set_section_timer([&](const std::string& name, double seconds) {
+      CHECK(seconds >= 0.0);
+      log.push_back("section " + name);
+    });
+    tape.backward(d2, x);
+    const std::vector<std::string> want = {"d2", "d1", "section d", "c1", "section c",
+                                           "a2", "a1", "section a"};
+    CHECK(log == want);
+    // Without a timer nothing is reported; clear() drops the sections with the nodes.
+    log.clear();
+    tape.set_section_timer(nullptr);
+    tape.backward(d2, x);
+    CHECK(log == std::vector<std::string>{"d2", "d1", "c1", "a2", "a1"});
+    tape.clear();
+    tape.set_section_timer([&](const std::string& name, double) { log.push_back("section " + name); });
+    log.clear();
+    const Var y = tape.input(x, true);
+    const Var z = node(y, "z");
+    tape.backward(z, x);
+    CHECK(log == std::vector<std::string>{"z"});
+  }
+
   TEST_CASE("maxpool2d_forward with argmax: the first maximum, NaN wins, values as inference") {
     // ResNet-50's 3x3 and VGG16's 2x2 stride-2 pools, with and without padding, in floor
     // and ceil mode, on odd and even sizes: windows inside the plane take a loop of their
