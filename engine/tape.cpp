@@ -24,6 +24,7 @@ void Parameter::zero_grad() {
 int Tape::new_var(const Shape& shape, bool requires_grad, int producer) {
   shapes_.push_back(shape);
   requires_.push_back(requires_grad ? 1 : 0);
+  retained_.push_back(0);
   producer_.push_back(producer);
   return static_cast<int>(shapes_.size()) - 1;
 }
@@ -56,11 +57,21 @@ Var Tape::record(const Tensor& out, const std::vector<const Var*>& inputs, Backw
   return Var{out, nodes_.back().output};
 }
 
-void Tape::backward(const Var& root, const Tensor& seed) {
+void Tape::retain_grad(const Var& v) {
+  if (v.id < 0 || v.id >= static_cast<int>(retained_.size()))
+    throw Error("retain_grad: the variable was not recorded on this tape");
+  retained_[static_cast<size_t>(v.id)] = 1;
+}
+
+void Tape::backward(const Var& root, const Tensor& seed, bool release) {
+  if (spent_)
+    throw Error("backward: an earlier backward released this tape's nodes; record the forward again");
   if (!needs_grad(root)) throw Error("backward: the root was not recorded on this tape");
   check_shape(seed, shapes_[root.id], "backward seed");
   grads_.assign(shapes_.size(), Tensor());
   shared_.assign(shapes_.size(), 0);
+  released_.assign(shapes_.size(), 0);
+  spent_ = release;
   grads_[root.id] = seed.clone();
   const int last = producer_[root.id];
   std::vector<Tensor*> gin;
@@ -84,7 +95,10 @@ void Tape::backward(const Var& root, const Tensor& seed) {
     enter_section(n);
     Node& node = nodes_[n];
     const Tensor& gout = grads_[node.output];
-    if (!gout.defined()) continue;  // not on a path from the root
+    if (!gout.defined()) {  // not on a path from the root
+      if (release) node.fn = nullptr;
+      continue;
+    }
     gin.assign(node.inputs.size(), nullptr);
     for (size_t i = 0; i < node.inputs.size(); ++i) {
       int id = node.inputs[i];
@@ -115,6 +129,15 @@ void Tape::backward(const Var& root, const Tensor& seed) {
                       shape_str(gin[i]->shape()) + " for an input of shape " + shape_str(want));
         if (gin[i]->shares_storage(gout)) shared_[node.inputs[i]] = 1;
       }
+    if (release) {
+      // Nothing reads this node or its output's gradient again.
+      node.fn = nullptr;
+      const int out = node.output;
+      if (out != root.id && !retained_[static_cast<size_t>(out)]) {
+        grads_[static_cast<size_t>(out)] = Tensor();
+        released_[static_cast<size_t>(out)] = 1;
+      }
+    }
   }
   if (section >= 0)
     section_timer_(sections_[static_cast<size_t>(section)].second,
@@ -130,6 +153,8 @@ void Tape::begin_section(const std::string& name) {
 }
 
 Tensor Tape::grad(const Var& v) const {
+  if (v.id >= 0 && v.id < static_cast<int>(released_.size()) && released_[static_cast<size_t>(v.id)])
+    throw Error("grad: this variable's gradient was released by backward (retain_grad keeps it)");
   if (v.id < 0 || v.id >= static_cast<int>(grads_.size()) || !grads_[v.id].defined())
     return Tensor::zeros(v.value.shape());
   return grads_[v.id];
@@ -142,6 +167,10 @@ void Tape::clear() {
   grads_.clear();
   nodes_.clear();
   sections_.clear();
+  retained_.clear();
+  released_.clear();
+  shared_.clear();
+  spent_ = false;
 }
 
 }  // namespace isplit

@@ -5,7 +5,8 @@
 // then walks the nodes in reverse, giving the gradient of the scalar sum(seed * root)
 // with respect to every recorded variable (Tape::grad) and, when the tape was made
 // with param_grads = true, accumulating parameter gradients into Parameter::grad.
-// With param_grads = false no weight-gradient work is done at all.
+// With param_grads = false no weight-gradient work is done at all. A releasing backward
+// frees what it has passed (the importance pass keeps only the cut points' gradients).
 #pragma once
 #include <functional>
 #include <string>
@@ -74,8 +75,15 @@ class Tape {
   // True when v is recorded and will receive a gradient.
   bool needs_grad(const Var& v) const;
 
-  // Runs the backward pass from root with the given seed (same shape as root.value).
-  void backward(const Var& root, const Tensor& seed);
+  // Runs the backward pass from root with the given seed (same shape as root.value). With
+  // release, memory goes back as the walk goes: each node's backward function, and the
+  // forward values it holds, once it ran, and each recorded variable's gradient once its
+  // producer ran, except the root's, the inputs' and those of variables given to
+  // retain_grad(). The tape then cannot run backward again (that throws), and grad() of a
+  // released variable throws.
+  void backward(const Var& root, const Tensor& seed, bool release = false);
+  // Keeps v's gradient through a releasing backward (see backward).
+  void retain_grad(const Var& v);
   // Gradient of the last backward with respect to v (zeros when unreached).
   Tensor grad(const Var& v) const;
   // Number of recorded nodes.
@@ -105,6 +113,9 @@ class Tape {
   std::vector<int> producer_;       // node index per variable, -1 for inputs
   std::vector<Tensor> grads_;       // per variable, after backward
   std::vector<char> shared_;        // per variable: its gradient is another's storage
+  std::vector<char> retained_;      // per variable: kept by a releasing backward
+  std::vector<char> released_;      // per variable: its gradient was released
+  bool spent_ = false;              // a releasing backward ran: the nodes are gone
   std::vector<Node> nodes_;
   // Sections in recording order: (index of the first node, name).
   std::vector<std::pair<int, std::string>> sections_;

@@ -84,7 +84,11 @@ void ImportanceAccumulator::add_batch(const Tensor& images, const std::vector<in
                   std::to_string(classes) + " classes");
     seed[i * classes + target] = 1.0f;
   }
-  tape.backward(logits, seed);
+  // Only the cut points' gradients are read: the rest, and the values the backward holds,
+  // go back to the block cache as the walk passes them.
+  for (const auto& o : outs) tape.retain_grad(o.second);
+  for (const auto& o : pres) tape.retain_grad(o.second);
+  tape.backward(logits, seed, /*release=*/true);
 
   const size_t points = names_.size();
   std::vector<Tensor> acts(points), grads(points);
