@@ -877,6 +877,47 @@ void conv2d_backward_data_packed(const Tensor& gy, const PackedMatrix& wt, const
   }
 }
 
+bool flipped_conv_applies(const Conv2dSpec& s) {
+  return s.groups == 1 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
+         s.kh * s.kw > 1 && s.pad_h >= 0 && s.pad_w >= 0 && s.pad_h <= s.kh - 1 &&
+         s.pad_w <= s.kw - 1;
+}
+
+Conv2dSpec flipped_conv_spec(const Conv2dSpec& s) {
+  Conv2dSpec t = s;
+  t.in_channels = s.out_channels;
+  t.out_channels = s.in_channels;
+  t.pad_h = s.kh - 1 - s.pad_h;
+  t.pad_w = s.kw - 1 - s.pad_w;
+  return t;
+}
+
+Tensor flip_conv_weights(const Tensor& w) {
+  if (w.ndim() != 4) throw Error("flip_conv_weights: expected [Cout, Cin, kh, kw], got " + shape_str(w.shape()));
+  const int64_t cout = w.dim(0), cin = w.dim(1), taps = w.dim(2) * w.dim(3);
+  Tensor t = Tensor::empty({cin, cout, w.dim(2), w.dim(3)});
+  const float* src = w.data();
+  float* dst = t.data();
+  for (int64_t o = 0; o < cout; ++o)
+    for (int64_t i = 0; i < cin; ++i)
+      for (int64_t k = 0; k < taps; ++k) dst[(i * cout + o) * taps + (taps - 1 - k)] = src[(o * cin + i) * taps + k];
+  return t;
+}
+
+void conv2d_backward_data_flipped(const Tensor& gy, const PackedMatrix& wf, const Conv2dSpec& s,
+                                  Tensor& gx, bool accumulate) {
+  require4(gx, "conv2d backward");
+  if (!flipped_conv_applies(s))
+    throw Error("conv2d_backward_data_flipped: the data gradient of this convolution is not a convolution "
+                "(stride, dilation, groups or padding)");
+  const Shape os = conv2d_out_shape(gx.shape(), s);
+  check_shape(gy, os, "conv2d output gradient");
+  const Conv2dSpec t = flipped_conv_spec(s);
+  if (conv2d_out_shape(gy.shape(), t) != gx.shape())
+    throw Error("conv2d_backward_data_flipped: the flipped convolution does not give the input's shape");
+  gx = conv2d_forward_packed(gy, wf, nullptr, t, false, accumulate ? &gx : nullptr);
+}
+
 void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dSpec& s, Tensor* gw,
                             Tensor* gb) {
   require4(x, "conv2d backward");

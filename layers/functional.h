@@ -43,6 +43,21 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s
 // (PackedMatrix(true, K, Cout, w, K); groups 1): the same bits.
 void conv2d_backward_data_packed(const Tensor& gy, const PackedMatrix& wt, const Conv2dSpec& s,
                                  Tensor& gx, bool accumulate = true);
+// True when the data gradient of s is itself a convolution of the output gradient (the
+// flipped convolution): stride 1, dilation 1, one group, a kernel wider than 1x1 and
+// padding at most the kernel's size minus one on each axis.
+bool flipped_conv_applies(const Conv2dSpec& s);
+// The flipped convolution of s: channels swapped, padding kh - 1 - pad_h (and so for w).
+Conv2dSpec flipped_conv_spec(const Conv2dSpec& s);
+// Its weights: w [Cout, Cin, kh, kw] as [Cin, Cout, kh, kw], each kernel rotated by 180
+// degrees.
+Tensor flip_conv_weights(const Tensor& w);
+// conv2d_backward_data of a layer where flipped_conv_applies, as the flipped convolution
+// of gy through its weights prepacked as op(A) = flip_conv_weights(w) [Cin, Cout*kh*kw]
+// (conv2d_forward_packed, with the old gx as its residual when accumulating): gx is then
+// a new tensor. Other bits than conv2d_backward_data (the sums run in the forward's order).
+void conv2d_backward_data_flipped(const Tensor& gy, const PackedMatrix& wf, const Conv2dSpec& s,
+                                  Tensor& gx, bool accumulate);
 // gw += dL/dw and, when gb is given, gb += dL/db.
 void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dSpec& s, Tensor* gw,
                             Tensor* gb);

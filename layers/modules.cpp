@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "engine/cpu.h"
 #include "engine/gemm.h"
 #include "engine/gemm_prepacked.h"
 #include "engine/parallel.h"
@@ -203,6 +204,18 @@ const PackedMatrix* Conv2d::FastForms::gemm_weights(const Conv2dSpec& s, bool tr
   return slot.get();
 }
 
+const PackedMatrix* Conv2d::FastForms::flipped_weights(const Conv2dSpec& s) {
+  if (!flipped_conv_applies(s) || !gemm_prepack_enabled()) return nullptr;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!flipped) {
+    flipped_source = flip_conv_weights(plain_locked());
+    const int64_t k = flipped_source.numel() / s.in_channels;
+    flipped = std::make_shared<PackedMatrix>(false, s.in_channels, k, flipped_source.data(), k);
+    flipped_pending.store(true, std::memory_order_release);
+  }
+  return flipped.get();
+}
+
 const WinogradFilter* Conv2d::FastForms::any_streamed() const {
   for (const auto& direction : winograd)
     for (const auto& f : direction)
@@ -211,6 +224,12 @@ const WinogradFilter* Conv2d::FastForms::any_streamed() const {
 }
 
 void Conv2d::FastForms::settle() {
+  if (flipped_pending.load(std::memory_order_acquire)) {
+    // The flipped weights' layout is made by now (settle follows a use): their source goes.
+    std::lock_guard<std::mutex> lock(mutex);
+    if (flipped && flipped_source.defined() && flipped->release_source()) flipped_source = Tensor();
+    flipped_pending.store(false, std::memory_order_release);
+  }
   if (released.load(std::memory_order_acquire) || keep_plain.load(std::memory_order_relaxed))
     return;  // the common case, without the lock
   std::lock_guard<std::mutex> lock(mutex);
@@ -323,6 +342,15 @@ void Conv2d::backward_data_with(FastForms& f, const Tensor& gy, Tensor& gx, bool
   if (winograd_backward_pays(gy.shape(), spec_))
     if (const WinogradFilter* wt = f.winograd_filter(spec_, true, winograd_tiles4(gx.dim(2), gx.dim(3)))) {
       conv2d_backward_data_winograd(gy, *wt, spec_, gx, add);
+      f.settle();
+      return;
+    }
+  // Stride 1 without Winograd: the flipped convolution, which runs as the forward does
+  // (each thread's own columns on small maps) instead of a GEMM into columns and col2im.
+  static const bool flipped_on = env_switch("ISPLIT_BACKWARD_FLIPPED", true);
+  if (flipped_on && flipped_conv_applies(spec_))
+    if (const PackedMatrix* pf = f.flipped_weights(spec_)) {
+      conv2d_backward_data_flipped(gy, *pf, spec_, gx, add);
       f.settle();
       return;
     }

@@ -129,6 +129,11 @@ class Conv2d : public Module {
     std::atomic<bool> keep_plain{false};  // no release: a form cannot, or a caller holds them
     std::shared_ptr<const WinogradFilter> winograd[2][2];  // [transposed][streamed]
     std::shared_ptr<PackedMatrix> gemm[2];
+    // The data gradient as the flipped convolution (flipped_weights), and the flipped
+    // weights it reads until settle() lets them go.
+    std::shared_ptr<PackedMatrix> flipped;
+    Tensor flipped_source;
+    std::atomic<bool> flipped_pending{false};  // flipped_source still held
     // The Winograd filter (transposed: of the data gradient) in the form asked for maps of
     // `tiles` 4x4 output tiles per image (winograd_filters_for), or null when Winograd does
     // not apply to the layer.
@@ -138,6 +143,9 @@ class Conv2d : public Module {
     // The packed GEMM weights (transposed: W^T), or null for grouped layers or when
     // prepacking is off.
     const PackedMatrix* gemm_weights(const Conv2dSpec& s, bool transposed);
+    // The weights of the flipped convolution (flip_conv_weights) packed as a forward
+    // convolution's, or null when flipped_conv_applies(s) is false or prepacking is off.
+    const PackedMatrix* flipped_weights(const Conv2dSpec& s);
     // Releases the plain weights when every GEMM form made so far can do without them and
     // some form (GEMM, or streamed Winograd filters) can give them back (cheap once
     // released or when they must stay: call it after every GEMM or Winograd use).

@@ -728,12 +728,7 @@ bool winograd_backward_pays(const Shape& gy, const Conv2dSpec& s) {
 WinogradFilter winograd_filter_transposed(const Tensor& w, WinogradFilters form) {
   if (w.ndim() != 4 || w.dim(2) != 3 || w.dim(3) != 3)
     throw Error("winograd: expected a [Cout, Cin, 3, 3] filter, got " + shape_str(w.shape()));
-  const int64_t cout = w.dim(0), cin = w.dim(1);
-  Tensor t = Tensor::empty({cin, cout, 3, 3});
-  for (int64_t o = 0; o < cout; ++o)
-    for (int64_t i = 0; i < cin; ++i)
-      for (int64_t k = 0; k < 9; ++k) t[(i * cout + o) * 9 + (8 - k)] = w[(o * cin + i) * 9 + k];
-  WinogradFilter f = winograd_filter(t, form);
+  WinogradFilter f = winograd_filter(flip_conv_weights(w), form);
   f.transposed = true;
   return f;
 }

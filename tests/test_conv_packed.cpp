@@ -200,6 +200,117 @@ TEST_SUITE("conv_packed") {
     set_num_threads(saved);
   }
 
+  TEST_CASE("the data gradient as the flipped convolution: close to exact sums, the same bits in any batch") {
+    const int saved = num_threads();
+    std::mt19937 rng(43);
+    struct Flip {
+      int64_t cin, cout, kh, kw, pad_h, pad_w, batch, h, w;
+    };
+    const Flip cases[] = {
+        {128, 128, 3, 3, 1, 1, 2, 8, 8},  // ResNet-50's layer2 3x3 at 64x64
+        {256, 64, 3, 3, 1, 1, 3, 4, 4},   {64, 96, 3, 3, 1, 1, 2, 2, 2},  {16, 8, 3, 3, 1, 1, 1, 1, 1},
+        {8, 24, 5, 5, 2, 2, 2, 9, 7},     {12, 20, 3, 3, 0, 0, 2, 6, 5},  // valid: padded by 2
+        {10, 6, 3, 1, 1, 0, 2, 5, 6},     {6, 10, 2, 2, 1, 0, 2, 5, 4},   {40, 33, 3, 3, 2, 2, 2, 3, 3},
+    };
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      for (const Flip& c : cases) {
+        CAPTURE(c.cin);
+        CAPTURE(c.cout);
+        CAPTURE(c.kh);
+        CAPTURE(c.kw);
+        CAPTURE(c.h);
+        CAPTURE(threads);
+        Conv2dSpec s;
+        s.in_channels = c.cin;
+        s.out_channels = c.cout;
+        s.kh = c.kh;
+        s.kw = c.kw;
+        s.pad_h = c.pad_h;
+        s.pad_w = c.pad_w;
+        REQUIRE(flipped_conv_applies(s));
+        const Shape xs{c.batch, c.cin, c.h, c.w};
+        const Shape ys = conv2d_out_shape(xs, s);
+        const Tensor gy = random_tensor(rng, ys);
+        const Tensor w = random_tensor(rng, {c.cout, c.cin, c.kh, c.kw});
+        const Tensor wf = flip_conv_weights(w);
+        const int64_t k = c.cout * c.kh * c.kw;
+        const PackedMatrix pf(false, c.cin, k, wf.data(), k);
+        const Tensor start = random_tensor(rng, xs);
+        Tensor added = start.clone(), written = Tensor::full(xs, 7.0f);
+        conv2d_backward_data_flipped(gy, pf, s, added, /*accumulate=*/true);
+        conv2d_backward_data_flipped(gy, pf, s, written, /*accumulate=*/false);
+        REQUIRE(added.shape() == xs);
+        REQUIRE(written.shape() == xs);
+        // Exact sums in double, and the sum of the terms' sizes for the tolerance.
+        double worst = 0.0;
+        for (int64_t n = 0; n < c.batch; ++n)
+          for (int64_t ci = 0; ci < c.cin; ++ci)
+            for (int64_t iy = 0; iy < c.h; ++iy)
+              for (int64_t ix = 0; ix < c.w; ++ix) {
+                double sum = 0.0, size = 0.0;
+                for (int64_t co = 0; co < c.cout; ++co)
+                  for (int64_t ky = 0; ky < c.kh; ++ky)
+                    for (int64_t kx = 0; kx < c.kw; ++kx) {
+                      const int64_t oy = iy + c.pad_h - ky, ox = ix + c.pad_w - kx;
+                      if (oy < 0 || oy >= ys[2] || ox < 0 || ox >= ys[3]) continue;
+                      const double t = double(w[((co * c.cin + ci) * c.kh + ky) * c.kw + kx]) *
+                                       gy[((n * c.cout + co) * ys[2] + oy) * ys[3] + ox];
+                      sum += t;
+                      size += std::fabs(t);
+                    }
+                const int64_t at = ((n * c.cin + ci) * c.h + iy) * c.w + ix;
+                const double tol = 1e-6 * (size + 1.0);
+                worst = std::max(worst, std::fabs(written[at] - sum) / tol);
+                worst = std::max(worst, std::fabs(added[at] - (sum + start[at])) / (tol + 1e-6));
+              }
+        CHECK(worst <= 1.0);
+        // An image alone gives the bits it gets in the batch.
+        if (c.batch > 1) {
+          Tensor one_gy = Tensor::empty({1, ys[1], ys[2], ys[3]});
+          const int64_t per = ys[1] * ys[2] * ys[3];
+          std::copy(gy.data() + per, gy.data() + 2 * per, one_gy.data());
+          Tensor one = Tensor::empty({1, c.cin, c.h, c.w});
+          conv2d_backward_data_flipped(one_gy, pf, s, one, false);
+          const int64_t in_per = c.cin * c.h * c.w;
+          CHECK(std::memcmp(one.data(), written.data() + in_per, in_per * sizeof(float)) == 0);
+        }
+      }
+    }
+    set_num_threads(saved);
+    // Which layers it takes, and a wrong one is an error.
+    Conv2dSpec s;
+    s.in_channels = s.out_channels = 4;
+    s.kh = s.kw = 3;
+    s.pad_h = s.pad_w = 1;
+    CHECK(flipped_conv_applies(s));
+    Conv2dSpec t = s;
+    t.stride_h = 2;
+    CHECK_FALSE(flipped_conv_applies(t));
+    t = s;
+    t.dil_w = 2;
+    CHECK_FALSE(flipped_conv_applies(t));
+    t = s;
+    t.groups = 2;
+    CHECK_FALSE(flipped_conv_applies(t));
+    t = s;
+    t.pad_h = 3;
+    CHECK_FALSE(flipped_conv_applies(t));
+    t = s;
+    t.kh = t.kw = 1;
+    t.pad_h = t.pad_w = 0;
+    CHECK_FALSE(flipped_conv_applies(t));  // pointwise: the GEMM reads gy in place
+    Tensor gx = Tensor::zeros({1, 4, 5, 5});
+    const Tensor w = Tensor::zeros({4, 4, 3, 3});
+    const PackedMatrix p(false, 4, 36, w.data(), 36);
+    Conv2dSpec s2 = s;
+    s2.stride_h = s2.stride_w = 2;
+    CHECK_THROWS_WITH_AS(conv2d_backward_data_flipped(Tensor::zeros({1, 4, 3, 3}), p, s2, gx, false),
+                         doctest::Contains("not a convolution"), Error);
+    CHECK_THROWS_WITH_AS(conv2d_backward_data_flipped(Tensor::zeros({1, 4, 4, 4}), p, s, gx, false),
+                         doctest::Contains("output gradient"), Error);
+  }
+
   TEST_CASE("packed weights that do not fit the layer are an error") {
     std::mt19937 rng(3);
     Conv2dSpec s;
