@@ -34,8 +34,10 @@ StepResult train_step(Model& model, Optimizer& optimizer, const Tensor& images,
     const int64_t C = out.value.dim(1);
     for (int64_t n = 0; n < r.count; ++n)
       if (argmax_row(out.value.data() + n * C, C) == labels[n]) ++r.correct;
-    tape.backward(loss, Tensor::full({}, 1.0f));
-  }  // the tape's activations and gradients go back to the block cache here
+    // Only the parameters' gradients are wanted: activations and their gradients go back to
+    // the block cache as the backward passes them.
+    tape.backward(loss, Tensor::full({}, 1.0f), /*release=*/true);
+  }
   if (!std::isfinite(r.loss))
     throw Error("training diverged: the loss is " + std::to_string(r.loss) +
                 " (lower the learning rate)");
