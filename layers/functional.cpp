@@ -877,6 +877,62 @@ void conv2d_backward_data_packed(const Tensor& gy, const PackedMatrix& wt, const
   }
 }
 
+namespace {
+// The taps [k0, k1] along one axis that read inside [0, in) for some of the `out` outputs.
+bool used_axis(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t pad, int64_t dil,
+               int64_t* k0, int64_t* k1) {
+  *k0 = k;
+  *k1 = -1;
+  for (int64_t t = 0; t < k; ++t)
+    for (int64_t o = 0; o < out; ++o) {
+      const int64_t i = o * stride - pad + t * dil;
+      if (i >= 0 && i < in) {
+        *k0 = std::min(*k0, t);
+        *k1 = std::max(*k1, t);
+        break;
+      }
+    }
+  return *k1 >= *k0;
+}
+}  // namespace
+
+bool taps_crop(const Conv2dSpec& s, int64_t h, int64_t w, TapRange* r, Conv2dSpec* cropped) {
+  if (s.kh * s.kw <= 1 || s.groups != 1) return false;
+  const Shape os = conv2d_out_shape({1, s.in_channels, h, w}, s);
+  TapRange t;
+  if (!used_axis(h, os[2], s.kh, s.stride_h, s.pad_h, s.dil_h, &t.ky0, &t.ky1) ||
+      !used_axis(w, os[3], s.kw, s.stride_w, s.pad_w, s.dil_w, &t.kx0, &t.kx1))
+    return false;
+  if (t.ky0 == 0 && t.ky1 == s.kh - 1 && t.kx0 == 0 && t.kx1 == s.kw - 1) return false;
+  Conv2dSpec c = s;
+  c.kh = t.ky1 - t.ky0 + 1;
+  c.kw = t.kx1 - t.kx0 + 1;
+  c.pad_h = s.pad_h - t.ky0 * s.dil_h;
+  c.pad_w = s.pad_w - t.kx0 * s.dil_w;
+  if (c.pad_h < 0 || c.pad_w < 0) return false;
+  // Tap ky of the cut kernel reads where tap ky0 + ky did; the padding is the same on both
+  // sides, so the output must still come out the same size.
+  const Shape cs = conv2d_out_shape({1, s.in_channels, h, w}, c);
+  if (cs[2] != os[2] || cs[3] != os[3]) return false;
+  *r = t;
+  *cropped = c;
+  return true;
+}
+
+Tensor crop_taps(const Tensor& w, const TapRange& r) {
+  if (w.ndim() != 4 || r.ky0 < 0 || r.ky1 >= w.dim(2) || r.kx0 < 0 || r.kx1 >= w.dim(3) ||
+      r.ky1 < r.ky0 || r.kx1 < r.kx0)
+    throw Error("crop_taps: taps outside the kernel " + shape_str(w.shape()));
+  const int64_t planes = w.dim(0) * w.dim(1), kh = w.dim(2), kw = w.dim(3);
+  const int64_t ch = r.ky1 - r.ky0 + 1, cw = r.kx1 - r.kx0 + 1;
+  Tensor c = Tensor::empty({w.dim(0), w.dim(1), ch, cw});
+  for (int64_t p = 0; p < planes; ++p)
+    for (int64_t y = 0; y < ch; ++y)
+      for (int64_t x = 0; x < cw; ++x)
+        c[(p * ch + y) * cw + x] = w[(p * kh + r.ky0 + y) * kw + r.kx0 + x];
+  return c;
+}
+
 bool flipped_conv_applies(const Conv2dSpec& s) {
   return s.groups == 1 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
          s.kh * s.kw > 1 && s.pad_h >= 0 && s.pad_w >= 0 && s.pad_h <= s.kh - 1 &&

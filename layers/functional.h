@@ -43,6 +43,18 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dSpec& s
 // (PackedMatrix(true, K, Cout, w, K); groups 1): the same bits.
 void conv2d_backward_data_packed(const Tensor& gy, const PackedMatrix& wt, const Conv2dSpec& s,
                                  Tensor& gx, bool accumulate = true);
+// The taps of a kernel that some output pixel reads inside an h x w input (not in the
+// padding): rows [ky0, ky1] and columns [kx0, kx1] of the kernel.
+struct TapRange {
+  int64_t ky0 = 0, ky1 = 0, kx0 = 0, kx1 = 0;
+};
+// True when, on an h x w input, some taps of s only ever read padding (a 3x3 layer on 1x1
+// maps reads its centre alone) and the convolution of the other taps, *cropped (kernel
+// cut to *r, padding less the rows and columns cut), gives the same output shape: the
+// same sums without the products with zeros. False otherwise (r and cropped untouched).
+bool taps_crop(const Conv2dSpec& s, int64_t h, int64_t w, TapRange* r, Conv2dSpec* cropped);
+// w [Cout, Cin, kh, kw] cut to the taps r.
+Tensor crop_taps(const Tensor& w, const TapRange& r);
 // True when the data gradient of s is itself a convolution of the output gradient (the
 // flipped convolution): stride 1, dilation 1, one group, a kernel wider than 1x1 and
 // padding at most the kernel's size minus one on each axis.

@@ -216,6 +216,18 @@ const PackedMatrix* Conv2d::FastForms::flipped_weights(const Conv2dSpec& s) {
   return flipped.get();
 }
 
+std::shared_ptr<Conv2d::FastForms> Conv2d::FastForms::crop_for(const TapRange& r) {
+  std::lock_guard<std::mutex> lock(mutex);
+  for (const auto& c : crops)
+    if (c.first.ky0 == r.ky0 && c.first.ky1 == r.ky1 && c.first.kx0 == r.kx0 && c.first.kx1 == r.kx1)
+      return c.second;
+  auto f = std::make_shared<FastForms>();
+  f->weight = crop_taps(plain_locked(), r);
+  f->bias = bias;  // never released: shared
+  crops.emplace_back(r, f);
+  return f;
+}
+
 const WinogradFilter* Conv2d::FastForms::any_streamed() const {
   for (const auto& direction : winograd)
     for (const auto& f : direction)
@@ -319,47 +331,69 @@ std::shared_ptr<Conv2d::FastForms> Conv2d::bn_forms(const BatchNorm2d& bn) {
 }
 
 Tensor Conv2d::forward_with(FastForms& f, const Tensor& x, bool relu, const Tensor* residual) const {
+  // Taps that only ever read padding (3x3 layers on 1x1 maps) are left out: weights cut to
+  // the others, fewer bytes to stream and no products with zeros. Decided per image.
+  TapRange taps;
+  Conv2dSpec cropped;
+  if (x.ndim() == 4 && taps_crop(spec_, x.dim(2), x.dim(3), &taps, &cropped))
+    return forward_spec(*f.crop_for(taps), cropped, x, relu, residual);
+  return forward_spec(f, spec_, x, relu, residual);
+}
+
+void Conv2d::backward_data_with(FastForms& f, const Tensor& gy, Tensor& gx, bool add) const {
+  TapRange taps;
+  Conv2dSpec cropped;
+  if (gx.ndim() == 4 && taps_crop(spec_, gx.dim(2), gx.dim(3), &taps, &cropped)) {
+    backward_spec(*f.crop_for(taps), cropped, gy, gx, add);
+    return;
+  }
+  backward_spec(f, spec_, gy, gx, add);
+}
+
+Tensor Conv2d::forward_spec(FastForms& f, const Conv2dSpec& spec, const Tensor& x, bool relu,
+                            const Tensor* residual) const {
   const Tensor* b = f.bias.defined() ? &f.bias : nullptr;
-  const Shape os = conv2d_out_shape(x.shape(), spec_);
-  if (winograd_pays(x.shape(), spec_))
-    if (const WinogradFilter* wf = f.winograd_filter(spec_, false, winograd_tiles4(os[2], os[3]))) {
-      Tensor y = conv2d_forward_winograd(x, *wf, b, spec_, relu && !residual);
+  const Shape os = conv2d_out_shape(x.shape(), spec);
+  if (winograd_pays(x.shape(), spec))
+    if (const WinogradFilter* wf = f.winograd_filter(spec, false, winograd_tiles4(os[2], os[3]))) {
+      Tensor y = conv2d_forward_winograd(x, *wf, b, spec, relu && !residual);
       if (residual) finish_conv_inplace(y, residual, relu);
       f.settle();
       return y;
     }
-  if (const PackedMatrix* pw = f.gemm_weights(spec_, false)) {
-    Tensor y = conv2d_forward_packed(x, *pw, b, spec_, relu, residual);
+  if (const PackedMatrix* pw = f.gemm_weights(spec, false)) {
+    Tensor y = conv2d_forward_packed(x, *pw, b, spec, relu, residual);
     f.settle();
     return y;
   }
-  Tensor y = conv2d_forward(x, f.plain(), b, spec_);
+  Tensor y = conv2d_forward(x, f.plain(), b, spec);
   finish_conv_inplace(y, residual, relu);
   return y;
 }
 
-void Conv2d::backward_data_with(FastForms& f, const Tensor& gy, Tensor& gx, bool add) const {
-  if (winograd_backward_pays(gy.shape(), spec_))
-    if (const WinogradFilter* wt = f.winograd_filter(spec_, true, winograd_tiles4(gx.dim(2), gx.dim(3)))) {
-      conv2d_backward_data_winograd(gy, *wt, spec_, gx, add);
+void Conv2d::backward_spec(FastForms& f, const Conv2dSpec& spec, const Tensor& gy, Tensor& gx,
+                           bool add) const {
+  if (winograd_backward_pays(gy.shape(), spec))
+    if (const WinogradFilter* wt = f.winograd_filter(spec, true, winograd_tiles4(gx.dim(2), gx.dim(3)))) {
+      conv2d_backward_data_winograd(gy, *wt, spec, gx, add);
       f.settle();
       return;
     }
   // Stride 1 without Winograd: the flipped convolution, which runs as the forward does
   // (each thread's own columns on small maps) instead of a GEMM into columns and col2im.
   static const bool flipped_on = env_switch("ISPLIT_BACKWARD_FLIPPED", true);
-  if (flipped_on && flipped_conv_applies(spec_))
-    if (const PackedMatrix* pf = f.flipped_weights(spec_)) {
-      conv2d_backward_data_flipped(gy, *pf, spec_, gx, add);
+  if (flipped_on && flipped_conv_applies(spec))
+    if (const PackedMatrix* pf = f.flipped_weights(spec)) {
+      conv2d_backward_data_flipped(gy, *pf, spec, gx, add);
       f.settle();
       return;
     }
-  if (const PackedMatrix* pt = f.gemm_weights(spec_, true)) {
-    conv2d_backward_data_packed(gy, *pt, spec_, gx, add);
+  if (const PackedMatrix* pt = f.gemm_weights(spec, true)) {
+    conv2d_backward_data_packed(gy, *pt, spec, gx, add);
     f.settle();
     return;
   }
-  conv2d_backward_data(gy, f.plain(), spec_, gx, add);
+  conv2d_backward_data(gy, f.plain(), spec, gx, add);
 }
 
 Tensor Conv2d::infer(const Tensor& x, bool relu, const Tensor* residual) {

@@ -134,6 +134,10 @@ class Conv2d : public Module {
     std::shared_ptr<PackedMatrix> flipped;
     Tensor flipped_source;
     std::atomic<bool> flipped_pending{false};  // flipped_source still held
+    // Forms of these weights cut to the taps some map size reads (crop_for).
+    std::vector<std::pair<TapRange, std::shared_ptr<FastForms>>> crops;
+    // The forms of these weights (and bias) cut to the taps r (crop_taps), made on first use.
+    std::shared_ptr<FastForms> crop_for(const TapRange& r);
     // The Winograd filter (transposed: of the data gradient) in the form asked for maps of
     // `tiles` 4x4 output tiles per image (winograd_filters_for), or null when Winograd does
     // not apply to the layer.
@@ -164,6 +168,12 @@ class Conv2d : public Module {
                       const Tensor* residual = nullptr) const;
   // The data gradient of gy through f's weights, added into gx (add = false: written).
   void backward_data_with(FastForms& f, const Tensor& gy, Tensor& gx, bool add) const;
+  // forward_with and backward_data_with for f's weights taken as the convolution spec (the
+  // layer's own, or one cut to fewer taps, whose forms f then are).
+  Tensor forward_spec(FastForms& f, const Conv2dSpec& spec, const Tensor& x, bool relu,
+                      const Tensor* residual) const;
+  void backward_spec(FastForms& f, const Conv2dSpec& spec, const Tensor& gy, Tensor& gx,
+                     bool add) const;
   // Drops every cached form (weights changed, or packing turned off), with the plain
   // weights restored first; pack_mutex_ held.
   void drop_forms_locked();

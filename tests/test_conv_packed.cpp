@@ -311,6 +311,78 @@ TEST_SUITE("conv_packed") {
                          doctest::Contains("output gradient"), Error);
   }
 
+  TEST_CASE("taps that only read padding are left out, with the same results") {
+    Conv2dSpec s;
+    s.in_channels = s.out_channels = 8;
+    s.kh = s.kw = 3;
+    s.pad_h = s.pad_w = 1;
+    TapRange r;
+    Conv2dSpec c;
+    REQUIRE(taps_crop(s, 1, 1, &r, &c));  // a 3x3 layer on 1x1 maps reads its centre only
+    CHECK((r.ky0 == 1 && r.ky1 == 1 && r.kx0 == 1 && r.kx1 == 1));
+    CHECK((c.kh == 1 && c.kw == 1 && c.pad_h == 0 && c.pad_w == 0));
+    CHECK_FALSE(taps_crop(s, 2, 2, &r, &c));  // 2x2 maps read every tap
+    CHECK_FALSE(taps_crop(s, 7, 7, &r, &c));
+    REQUIRE(taps_crop(s, 1, 5, &r, &c));  // one row: the kernel's middle row
+    CHECK((c.kh == 1 && c.kw == 3 && c.pad_h == 0 && c.pad_w == 1));
+    Conv2dSpec s2 = s;
+    s2.stride_h = s2.stride_w = 2;
+    REQUIRE(taps_crop(s2, 2, 2, &r, &c));  // ResNet-50's layer4.0 at 32x32: 2x2 -> 1x1
+    CHECK((r.ky0 == 1 && r.ky1 == 2 && r.kx0 == 1 && r.kx1 == 2));
+    CHECK((c.kh == 2 && c.kw == 2 && c.pad_h == 0 && c.stride_h == 2));
+    Conv2dSpec p = s;
+    p.kh = p.kw = 1;
+    p.pad_h = p.pad_w = 0;
+    CHECK_FALSE(taps_crop(p, 1, 1, &r, &c));
+    // crop_taps keeps exactly the taps asked for.
+    std::mt19937 rng(47);
+    const Tensor w = random_tensor(rng, {3, 2, 3, 3});
+    const Tensor cut = crop_taps(w, TapRange{1, 2, 0, 1});
+    REQUIRE(cut.shape() == Shape{3, 2, 2, 2});
+    for (int64_t o = 0; o < 6; ++o)
+      for (int64_t y = 0; y < 2; ++y)
+        for (int64_t x = 0; x < 2; ++x) CHECK(cut[(o * 2 + y) * 2 + x] == w[(o * 3 + 1 + y) * 3 + x]);
+    CHECK_THROWS_WITH_AS(crop_taps(w, TapRange{1, 3, 0, 0}), doctest::Contains("outside the kernel"), Error);
+
+    // A packed layer on such maps: inference and the importance pass's data gradient
+    // against the direct sums of the whole kernel.
+    struct Case {
+      int64_t cin, cout, kernel, stride, pad, batch, h, w;
+    };
+    const Case cases[] = {{64, 48, 3, 1, 1, 2, 1, 1}, {40, 56, 3, 2, 1, 2, 2, 2}, {16, 24, 5, 1, 2, 1, 1, 3}};
+    for (const Case& k : cases) {
+      CAPTURE(k.kernel);
+      CAPTURE(k.stride);
+      CAPTURE(k.h);
+      Conv2d conv(k.cin, k.cout, k.kernel, k.stride, k.pad, true);
+      conv.weight.value = random_tensor(rng, conv.weight.value.shape());
+      conv.bias.value = random_tensor(rng, {k.cout});
+      conv.set_training(false);
+      const Tensor x = random_tensor(rng, {k.batch, k.cin, k.h, k.w});
+      const Tensor want = conv2d_forward_naive(x, conv.weight.value, &conv.bias.value, conv.spec());
+      const Tensor wplain = conv.weight.value.clone();
+      conv.pack_for_inference(true);
+      REQUIRE(taps_crop(conv.spec(), k.h, k.w, &r, &c));
+      const Tensor got = conv.infer(x, false);
+      REQUIRE(got.shape() == want.shape());
+      for (int64_t i = 0; i < got.numel(); ++i) CHECK(got[i] == doctest::Approx(want[i]).epsilon(1e-5));
+      // The importance pass's backward through the same forms.
+      const Tensor gy = random_tensor(rng, want.shape());
+      Tape tape = Tape::activations_only();
+      const Var xin = tape.input(x, true);
+      const Var y = conv.forward(&tape, xin);
+      tape.backward(y, gy);
+      const Tensor gx = tape.grad(xin);
+      Tensor gref = Tensor::zeros(x.shape());
+      conv2d_backward_data(gy, wplain, conv.spec(), gref);
+      REQUIRE(gx.shape() == gref.shape());
+      for (int64_t i = 0; i < gx.numel(); ++i) CHECK(gx[i] == doctest::Approx(gref[i]).epsilon(1e-5));
+      // The layer's own weights come back whole.
+      conv.unpack_weights();
+      CHECK(same_bits(conv.weight.value, wplain));
+    }
+  }
+
   TEST_CASE("packed weights that do not fit the layer are an error") {
     std::mt19937 rng(3);
     Conv2dSpec s;
