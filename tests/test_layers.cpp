@@ -572,6 +572,7 @@ TEST_CASE("grad: AdaptiveAvgPool2d (downsampling and upsampling)") {
   };
   const Case cases[] = {
       {{2, 3, 5, 7}, 3, 2}, {{1, 2, 2, 2}, 7, 7}, {{2, 2, 4, 4}, 1, 1}, {{1, 2, 3, 5}, 4, 3},
+      {{3, 4, 1, 1}, 1, 1}, {{1, 2, 3, 5}, 3, 5},  // windows of one pixel: passed through
   };
   uint64_t seed = 70;
   for (const Case& c : cases) {
@@ -585,6 +586,15 @@ TEST_CASE("grad: AdaptiveAvgPool2d (downsampling and upsampling)") {
     Tensor x = randn(c.x, rng);
     CHECK(pool.forward(nullptr, Var{x}).value.shape() == out);
     grad_check("adaptive avg pool", module_fwd(pool), x, {}, seed * 3, 60);
+  }
+  {
+    // Same size out as in: the input's bits, and the gradient added as it is.
+    std::mt19937_64 rng(71);
+    const Tensor x = randn({2, 5, 3, 2}, rng), g = randn({2, 5, 3, 2}, rng);
+    CHECK(std::memcmp(adaptive_avgpool2d_forward(x, 3, 2).data(), x.data(), x.numel() * sizeof(float)) == 0);
+    Tensor gx = Tensor::full(x.shape(), 0.5f);
+    adaptive_avgpool2d_backward(g, gx);
+    for (int64_t i = 0; i < gx.numel(); ++i) CHECK(gx[i] == 0.5f + g[i]);
   }
   // PyTorch bins for 2 -> 7: [0,1) [0,1) [0,1) [0,2) [1,2) [1,2) [1,2).
   const Tensor x = Tensor::from({1, 1, 2, 2}, {1, 2, 3, 4});
