@@ -9,6 +9,8 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "apps/backend.h"
 #include "engine/cpu.h"
@@ -34,6 +36,26 @@ double median_of(std::vector<double> v) {
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
+
+// Times in ms by name, names in the order first seen (a stage runs once per pass, so a
+// name not seen yet is the next stage in network order).
+struct StageSamples {
+  std::vector<std::string> names;
+  std::vector<std::vector<double>> ms;
+  void add(const std::string& name, double seconds) {
+    const size_t i = static_cast<size_t>(std::find(names.begin(), names.end(), name) - names.begin());
+    if (i == names.size()) {
+      names.push_back(name);
+      ms.emplace_back();
+    }
+    ms[i].push_back(1e3 * seconds);
+  }
+  // The median of name's samples, or -1 when it has none.
+  double median(const std::string& name) const {
+    const auto it = std::find(names.begin(), names.end(), name);
+    return it == names.end() ? -1.0 : median_of(ms[static_cast<size_t>(it - names.begin())]);
+  }
+};
 
 }  // namespace
 
@@ -115,17 +137,8 @@ int run_bench(const BenchArgs& a) {
   std::vector<double> forward_part_ms, backward_part_ms;
   bool timing_parts = false;
   // With --stages, the importance pass's backward timed by stage too (tape sections).
-  std::vector<std::string> back_names;
-  std::vector<std::vector<double>> back_ms;
-  auto time_back = [&](const std::string& name, double seconds) {
-    const size_t i = static_cast<size_t>(std::find(back_names.begin(), back_names.end(), name) -
-                                         back_names.begin());
-    if (i == back_names.size()) {
-      back_names.push_back(name);
-      back_ms.emplace_back();
-    }
-    back_ms[i].push_back(1e3 * seconds);
-  };
+  StageSamples back;
+  auto time_back = [&](const std::string& name, double seconds) { back.add(name, seconds); };
   auto pass = [&] {
     if (a.mode == "forward") {
       (void)infer(x);
@@ -167,20 +180,10 @@ int run_bench(const BenchArgs& a) {
     pass();
   }
   // Per-stage forward times of the timed passes, stages in network order.
-  std::vector<std::string> stage_names;
-  std::vector<std::vector<double>> stage_ms;
-  if (a.stages) {
-    model->set_stage_timer([&](const std::string& name, double seconds) {
-      // A stage runs once per pass: a name not seen yet is the next stage in order.
-      const size_t i = static_cast<size_t>(
-          std::find(stage_names.begin(), stage_names.end(), name) - stage_names.begin());
-      if (i == stage_names.size()) {
-        stage_names.push_back(name);
-        stage_ms.emplace_back();
-      }
-      stage_ms[i].push_back(1e3 * seconds);
-    });
-  }
+  StageSamples fwd;
+  const std::vector<std::string>& stage_names = fwd.names;
+  if (a.stages)
+    model->set_stage_timer([&](const std::string& name, double seconds) { fwd.add(name, seconds); });
   // Tensor memory: what stays between passes (weights, packed filters, optimizer state)
   // and the high-water mark during the timed passes.
   const size_t resident = tensor_live_bytes();
@@ -196,17 +199,12 @@ int run_bench(const BenchArgs& a) {
   model->set_stage_timer(nullptr);
   const auto [fastest, slowest] = std::minmax_element(ms.begin(), ms.end());
   const double median = median_of(ms);
-  std::vector<double> stage_median;
-  for (const auto& v : stage_ms) stage_median.push_back(median_of(v));
-  // The backward's median per forward stage (negative: the stage recorded no backward).
-  std::vector<double> back_median;
+  std::vector<double> stage_median, back_median;  // back: -1 where no backward was recorded
   for (const std::string& name : stage_names) {
-    const auto it = std::find(back_names.begin(), back_names.end(), name);
-    back_median.push_back(it == back_names.end()
-                              ? -1.0
-                              : median_of(back_ms[static_cast<size_t>(it - back_names.begin())]));
+    stage_median.push_back(fwd.median(name));
+    back_median.push_back(back.median(name));
   }
-  const bool show_back = !back_names.empty();
+  const bool show_back = !back.names.empty();
   const long long peak = peak_rss_bytes();
   const size_t tensor_peak = tensor_peak_bytes();
   if (a.json) {

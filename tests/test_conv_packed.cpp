@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 
@@ -284,22 +285,18 @@ TEST_SUITE("conv_packed") {
     s.kh = s.kw = 3;
     s.pad_h = s.pad_w = 1;
     CHECK(flipped_conv_applies(s));
-    Conv2dSpec t = s;
-    t.stride_h = 2;
-    CHECK_FALSE(flipped_conv_applies(t));
-    t = s;
-    t.dil_w = 2;
-    CHECK_FALSE(flipped_conv_applies(t));
-    t = s;
-    t.groups = 2;
-    CHECK_FALSE(flipped_conv_applies(t));
-    t = s;
-    t.pad_h = 3;
-    CHECK_FALSE(flipped_conv_applies(t));
-    t = s;
-    t.kh = t.kw = 1;
-    t.pad_h = t.pad_w = 0;
-    CHECK_FALSE(flipped_conv_applies(t));  // pointwise: the GEMM reads gy in place
+    // s changed by `change` is not taken.
+    auto rejected = [&](const std::function<void(Conv2dSpec&)>& change) {
+      Conv2dSpec t = s;
+      change(t);
+      return !flipped_conv_applies(t);
+    };
+    CHECK(rejected([](Conv2dSpec& t) { t.stride_h = 2; }));
+    CHECK(rejected([](Conv2dSpec& t) { t.dil_w = 2; }));
+    CHECK(rejected([](Conv2dSpec& t) { t.groups = 2; }));
+    CHECK(rejected([](Conv2dSpec& t) { t.pad_h = 3; }));
+    // pointwise: the GEMM reads gy in place
+    CHECK(rejected([](Conv2dSpec& t) { t.kh = t.kw = 1, t.pad_h = t.pad_w = 0; }));
     Tensor gx = Tensor::zeros({1, 4, 5, 5});
     const Tensor w = Tensor::zeros({4, 4, 3, 3});
     const PackedMatrix p(false, 4, 36, w.data(), 36);
